@@ -1,0 +1,357 @@
+"""The `llmkit` command line. Parses, builds the config, calls a recipe's `run`. Heavy imports stay inside commands."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from llmkit.errors import LlmkitError
+
+app = typer.Typer(
+    name="llmkit",
+    help="Masked-LM pretraining, classification fine-tuning and fill-mask on Hugging Face Transformers.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+recipes_app = typer.Typer(help="List, show and copy the shipped recipes.", no_args_is_help=True,
+                          rich_markup_mode=None)
+app.add_typer(recipes_app, name="recipes")
+
+# Options shared by the training commands.
+Recipe = Annotated[Optional[str], typer.Argument(help="Recipe: a YAML path or a shipped recipe name (`llmkit recipes ls`).",
+                                                 show_default=False)]
+OutputDir = Annotated[Optional[str], typer.Option("--output-dir", "-o", help="Run directory to write.", show_default=False)]
+MaxSteps = Annotated[Optional[int], typer.Option("--max-steps", help="Stop after N optimizer steps.", show_default=False)]
+Epochs = Annotated[Optional[float], typer.Option("--epochs", help="Number of passes over the training data.",
+                                                show_default=False)]
+Resume = Annotated[bool, typer.Option("--resume", help="Continue OUTPUT_DIR from its last checkpoint.")]
+Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an existing llmkit run in OUTPUT_DIR.")]
+Sets = Annotated[Optional[list[str]], typer.Option("--set", help="Override any setting: section.key=value "
+                                                   "(training.X reaches TrainingArguments). Repeatable.",
+                                                   show_default=False)]
+Precision = Annotated[Optional[str], typer.Option("--precision", help="auto | bf16 | fp16 | fp32 (default: auto).",
+                                                  show_default=False)]
+
+
+def fail(error: BaseException) -> None:
+    """Print an error as one line on stderr and exit with its code (tracebacks only with LLMKIT_DEBUG=1)."""
+    if os.environ.get("LLMKIT_DEBUG"):
+        raise error
+    if isinstance(error, LlmkitError):
+        message, code = str(error), error.exit_code
+    elif isinstance(error, KeyboardInterrupt):
+        message, code = "interrupted.", 130
+    elif isinstance(error, MemoryError) or "out of memory" in str(error).lower():
+        message, code = ("out of memory. Lower training.per_device_train_batch_size (raise "
+                         "training.gradient_accumulation_steps to keep the effective batch) or --max-seq-length."), 1
+    else:
+        first = (str(error).strip().splitlines() or [""])[0][:300]
+        message, code = f"{type(error).__name__}: {first} (run with LLMKIT_DEBUG=1 for the traceback)", 1
+    print(f"llmkit: error: {message}", file=sys.stderr)
+    raise typer.Exit(code)
+
+
+def guarded(fn, *args, **kwargs):
+    try:
+        return fn(*args, **kwargs)
+    except typer.Exit:
+        raise
+    except (LlmkitError, Exception, KeyboardInterrupt) as e:  # noqa: BLE001 - the CLI edge maps everything
+        fail(e)
+
+
+def _offline_hint() -> None:
+    # Quiet libraries: llmkit reports progress itself on stderr.
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+
+
+def _launch(num_processes: int | None) -> None:
+    """`--num-processes N`: re-run this same command under `accelerate launch` with N processes."""
+    if not num_processes or num_processes <= 1 or "LOCAL_RANK" in os.environ:
+        return
+    import subprocess
+
+    argv = [a for a in sys.argv[1:]]
+    cleaned, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        if a == "--num-processes":
+            skip = True
+            continue
+        if a.startswith("--num-processes="):
+            continue
+        cleaned.append(a)
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(num_processes),
+               "-m", "llmkit", *cleaned]
+    print(f"llmkit: launching {num_processes} processes: accelerate launch --num_processes {num_processes} "
+          f"-m llmkit {' '.join(cleaned)}", file=sys.stderr)
+    raise typer.Exit(subprocess.call(command))
+
+
+NumProcesses = Annotated[Optional[int], typer.Option("--num-processes", help="Start N processes with `accelerate "
+                                                     "launch` (e.g. one per GPU).", show_default=False)]
+
+
+@app.command(epilog="""Examples:
+
+  llmkit pretrain                                   # tiny run on the built-in corpus
+
+  llmkit pretrain cpu-quick --data corpus.txt -o runs/mlm
+
+  llmkit pretrain --model bert-base-uncased --data domain/ --max-steps 2000   # continued pretraining
+
+  llmkit pretrain runs/mlm/llmkit.yaml              # rerun a finished run's exact config
+
+  llmkit pretrain --data notes.jsonl --set data.text_column=body --set training.learning_rate=3e-4""")
+def pretrain(
+    recipe: Recipe = None,
+    data: Annotated[Optional[list[str]], typer.Option("--data", "-d", help="Text file, folder, .jsonl/.json/.csv/"
+                                                      ".parquet file or `datasets` name. Repeatable. Default: the "
+                                                      "built-in sample corpus.", show_default=False)] = None,
+    eval_data: Annotated[Optional[list[str]], typer.Option("--eval-data", help="Held-out data (default: a split of "
+                                                           "--data).", show_default=False)] = None,
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Checkpoint to continue from (path or hub "
+                                                 "name). Default: a new BERT of --size.", show_default=False)] = None,
+    tokenizer: Annotated[Optional[str], typer.Option("--tokenizer", help="Tokenizer path or name. Default: the "
+                                                     "model's, or one trained on the corpus.", show_default=False)] = None,
+    size: Annotated[Optional[str], typer.Option("--size", help="tiny 2x128 | mini 4x256 | small 4x512 | medium "
+                                                "8x512 | base 12x768 (layers x hidden).", show_default=False)] = None,
+    output_dir: OutputDir = None,
+    max_steps: MaxSteps = None,
+    epochs: Epochs = None,
+    max_seq_length: Annotated[Optional[int], typer.Option("--max-seq-length", help="Tokens per block.",
+                                                          show_default=False)] = None,
+    precision: Precision = None,
+    num_processes: NumProcesses = None,
+    resume: Resume = False,
+    overwrite: Overwrite = False,
+    set_: Sets = None,
+) -> None:
+    """Pretrain a masked language model (BERT-style), from scratch or from a checkpoint."""
+    _launch(num_processes)
+    _offline_hint()
+
+    def go():
+        from llmkit import config, pretrain as recipe_module
+
+        flags = {"data.train": data, "data.eval": eval_data, "model.name": model, "model.tokenizer": tokenizer,
+                 "model.size": size, "output_dir": output_dir, "training.max_steps": max_steps,
+                 "training.num_train_epochs": epochs, "data.max_seq_length": max_seq_length, "precision": precision}
+        cfg = config.build("pretrain", recipe, flags, set_)
+        metrics = recipe_module.run(cfg, resume=resume, overwrite=overwrite)
+        _print_result(metrics, cfg.output_dir)
+
+    guarded(go)
+
+
+@app.command(epilog="""Examples:
+
+  llmkit finetune --data train.csv --eval-data dev.csv --model bert-base-uncased -o runs/clf
+
+  llmkit finetune --data reviews.jsonl --model runs/mlm --text-column review --label-column stars
+
+  llmkit finetune --data pairs.tsv --model runs/mlm --text-column s1 --text-pair-column s2
+
+  llmkit finetune glue-sst2 --model bert-base-uncased        # a shipped recipe""")
+def finetune(
+    recipe: Recipe = None,
+    data: Annotated[Optional[list[str]], typer.Option("--data", "-d", help="Training data: CSV/TSV/JSONL/JSON/"
+                                                      "parquet file or `datasets` name.", show_default=False)] = None,
+    eval_data: Annotated[Optional[list[str]], typer.Option("--eval-data", help="Evaluation data (default: a "
+                                                           "stratified split of --data).", show_default=False)] = None,
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Encoder checkpoint (path or hub name).",
+                                                 show_default=False)] = None,
+    text_column: Annotated[Optional[str], typer.Option("--text-column", help="Column with the text (default: "
+                                                       "auto-detected).", show_default=False)] = None,
+    text_pair_column: Annotated[Optional[str], typer.Option("--text-pair-column", help="Second text column for "
+                                                            "sentence-pair tasks.", show_default=False)] = None,
+    label_column: Annotated[Optional[str], typer.Option("--label-column", help="Column with the label (default: "
+                                                        "auto-detected).", show_default=False)] = None,
+    output_dir: OutputDir = None,
+    max_steps: MaxSteps = None,
+    epochs: Epochs = None,
+    max_seq_length: Annotated[Optional[int], typer.Option("--max-seq-length", help="Truncate texts to N tokens.",
+                                                          show_default=False)] = None,
+    precision: Precision = None,
+    num_processes: NumProcesses = None,
+    resume: Resume = False,
+    overwrite: Overwrite = False,
+    set_: Sets = None,
+) -> None:
+    """Fine-tune a sequence classifier (or regressor) on labeled data."""
+    _launch(num_processes)
+    _offline_hint()
+
+    def go():
+        from llmkit import config, finetune as recipe_module
+
+        flags = {"data.train": data, "data.eval": eval_data, "model.name": model, "data.text_column": text_column,
+                 "data.text_pair_column": text_pair_column, "data.label_column": label_column,
+                 "output_dir": output_dir, "training.max_steps": max_steps, "training.num_train_epochs": epochs,
+                 "data.max_seq_length": max_seq_length, "precision": precision}
+        cfg = config.build("finetune", recipe, flags, set_)
+        metrics = recipe_module.run(cfg, resume=resume, overwrite=overwrite)
+        _print_result(metrics, cfg.output_dir)
+
+    guarded(go)
+
+
+def _print_result(metrics: dict, output_dir: str) -> None:
+    """The result of a training run on stdout: a few key metrics and where the run is."""
+    import json
+
+    from llmkit.training import is_main_process
+
+    if not is_main_process():
+        return
+    shown = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    print(json.dumps({"output_dir": str(Path(output_dir).resolve()), **shown}))
+
+
+@app.command("fill-mask", epilog="""Examples:
+
+  llmkit fill-mask runs/mlm "The capital of France is [MASK]."
+
+  llmkit fill-mask bert-base-uncased "Paris is the [MASK] of [MASK]." --top-k 3
+
+  llmkit fill-mask runs/mlm "I like [MASK]." --targets tea,coffee
+
+  cat sentences.txt | llmkit fill-mask runs/mlm --input-file - --json > out.jsonl""")
+def fill_mask(
+    model: Annotated[str, typer.Argument(help="Masked-LM checkpoint: a path (e.g. an llmkit run) or hub name.")],
+    texts: Annotated[Optional[list[str]], typer.Argument(help="Texts with a mask ([MASK], <mask> or the model's "
+                                                         "own).", show_default=False)] = None,
+    input_file: Annotated[Optional[str], typer.Option("--input-file", "-i", help="Read texts from a file, one per "
+                                                      "line ('-' for stdin).", show_default=False)] = None,
+    top_k: Annotated[int, typer.Option("--top-k", "-k", help="Candidates per mask.")] = 5,
+    targets: Annotated[Optional[str], typer.Option("--targets", help="Comma-separated words to score instead of "
+                                                   "the whole vocabulary.", show_default=False)] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON Lines, one object per input.")] = False,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Texts per forward pass.")] = 64,
+    device: Annotated[Optional[str], typer.Option("--device", help="cpu, cuda, cuda:1, ... (default: GPU if "
+                                                  "present).", show_default=False)] = None,
+) -> None:
+    """Predict the masked tokens of texts with a masked language model."""
+    _offline_hint()
+
+    def go():
+        from llmkit import fill_mask as command
+
+        command.main(model, texts or [], input_file=input_file, top_k=top_k, targets=targets, as_json=as_json,
+                     batch_size=batch_size, device=device)
+
+    guarded(go)
+
+
+@app.command(epilog="""Examples:
+
+  llmkit predict runs/clf "great movie" "terrible plot"
+
+  llmkit predict runs/clf --input-file test.csv --output predictions.csv
+
+  cat texts.txt | llmkit predict runs/clf --input-file - --json""")
+def predict(
+    model: Annotated[str, typer.Argument(help="Classifier checkpoint (e.g. an llmkit finetune run).")],
+    texts: Annotated[Optional[list[str]], typer.Argument(help="Texts to classify.", show_default=False)] = None,
+    input_file: Annotated[Optional[str], typer.Option("--input-file", "-i", help="CSV/TSV/JSONL file or plain text "
+                                                      "lines ('-' for stdin).", show_default=False)] = None,
+    output: Annotated[Optional[str], typer.Option("--output", help="Write predictions to this CSV/JSONL file.",
+                                                  show_default=False)] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON Lines, one object per input.")] = False,
+    text_column: Annotated[Optional[str], typer.Option("--text-column", help="Text column of a CSV/JSONL input.",
+                                                       show_default=False)] = None,
+    text_pair_column: Annotated[Optional[str], typer.Option("--text-pair-column", help="Second text column.",
+                                                            show_default=False)] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Texts per forward pass.")] = 64,
+    device: Annotated[Optional[str], typer.Option("--device", help="cpu, cuda, ... (default: GPU if present).",
+                                                  show_default=False)] = None,
+) -> None:
+    """Classify texts with a fine-tuned model: label names and scores, in input order."""
+    _offline_hint()
+
+    def go():
+        from llmkit import predict as command
+
+        command.main(model, texts or [], input_file=input_file, output=output, as_json=as_json,
+                     text_column=text_column, text_pair_column=text_pair_column, batch_size=batch_size,
+                     device=device)
+
+    guarded(go)
+
+
+@recipes_app.command("ls")
+def recipes_ls() -> None:
+    """List the shipped recipes with the command that runs each."""
+    from llmkit import config
+
+    def go():
+        for name in config.recipe_names():
+            first = config.recipe_path(name).read_text(encoding="utf-8").splitlines()[:1]
+            command = first[0].lstrip("# ").strip() if first else ""
+            print(f"{name:<24} {command}")
+
+    guarded(go)
+
+
+@recipes_app.command("show")
+def recipes_show(name: Annotated[str, typer.Argument(help="Recipe name.")]) -> None:
+    """Print a shipped recipe."""
+    from llmkit import config
+
+    guarded(lambda: print(config.recipe_path(name).read_text(encoding="utf-8"), end=""))
+
+
+@recipes_app.command("cp")
+def recipes_cp(name: Annotated[str, typer.Argument(help="Recipe name.")],
+               dest: Annotated[str, typer.Argument(help="Destination file or folder.")]) -> None:
+    """Copy a shipped recipe to edit it: `llmkit recipes cp cpu-quick my.yaml`."""
+    from llmkit import config
+    from llmkit.errors import OutputError
+
+    def go():
+        source = config.recipe_path(name)
+        target = Path(dest)
+        if target.is_dir():
+            target = target / source.name
+        if target.exists():
+            raise OutputError(f"'{target}' already exists. Choose another destination.")
+        target.write_text(source.read_text(encoding="utf-8"), encoding="utf-8")
+        print(target)
+
+    guarded(go)
+
+
+@app.command()
+def env(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """Versions, devices, precision and the placement plan a run would use here."""
+    def go():
+        from llmkit import environment
+
+        environment.main(as_json=as_json)
+
+    guarded(go)
+
+
+@app.callback(invoke_without_command=True)
+def _root(version: Annotated[bool, typer.Option("--version", help="Print the version.")] = False) -> None:
+    if version:
+        from llmkit import __version__
+
+        print(__version__)
+        raise typer.Exit(0)
+
+
+def main() -> None:
+    app()

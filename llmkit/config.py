@@ -1,0 +1,410 @@
+"""Typed, strict run configuration.
+
+A run's configuration is built from layers, each overriding the one before:
+defaults < recipe YAML < command-line flags < ``--set key=value``.
+Unknown keys and wrong types fail at once, naming the key and the closest valid one.
+The ``training`` section is passed to ``transformers.TrainingArguments`` untouched (its keys are
+checked against ``TrainingArguments`` when the run starts), so Hugging Face's documentation stays true.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from llmkit.errors import ConfigError, did_you_mean
+
+RECIPES_DIR = Path(__file__).parent / "recipes"  # also at the repository root as recipes/
+
+SIZES = {  # name: (layers, hidden) -- the published BERT miniatures; heads = hidden/64, FFN = 4*hidden
+    "tiny": (2, 128),
+    "mini": (4, 256),
+    "small": (4, 512),
+    "medium": (8, 512),
+    "base": (12, 768),
+}
+
+
+@dataclass
+class DataConfig:
+    train: list[str] = field(default_factory=list)  # files, folders or a `datasets` name; empty: built-in corpus
+    eval: list[str] = field(default_factory=list)  # held-out data; empty: split `eval_fraction` off `train`
+    dataset_config: str | None = None  # `datasets` configuration name (hub datasets only)
+    train_split: str = "train"
+    eval_split: str | None = None  # a split of the same `datasets` name to evaluate on
+    text_column: str | None = None  # None: auto-detect (text, sentence, content, ...)
+    text_pair_column: str | None = None
+    label_column: str | None = None
+    txt_unit: Literal["paragraph", "line"] = "paragraph"  # one .txt document per paragraph or per line
+    max_seq_length: int = 128
+    packing: bool = True  # pretrain: pack texts into full blocks; False: one example per text, truncated
+    eval_fraction: float = 0.05
+    max_eval_samples: int | None = 2000
+    encoding_errors: Literal["strict", "replace"] = "strict"
+    num_proc: int | None = None  # tokenization processes; None: chosen from the data size
+    cache_dir: str | None = None  # tokenized-feature cache; None: ~/.cache/llmkit
+
+    def problems(self) -> list[str]:
+        out = []
+        if not 8 <= self.max_seq_length <= 65536:
+            out.append(f"data.max_seq_length must be between 8 and 65536, got {self.max_seq_length}")
+        if not 0.0 < self.eval_fraction < 1.0:
+            out.append(f"data.eval_fraction must be in (0, 1), got {self.eval_fraction}")
+        if self.max_eval_samples is not None and self.max_eval_samples < 1:
+            out.append(f"data.max_eval_samples must be >= 1, got {self.max_eval_samples}")
+        if self.num_proc is not None and self.num_proc < 1:
+            out.append(f"data.num_proc must be >= 1, got {self.num_proc}")
+        return out
+
+
+@dataclass
+class ModelConfig:
+    name: str | None = None  # checkpoint to start from (local path or hub name); None: from scratch
+    tokenizer: str | None = None  # None: the model's, or one trained on the corpus when from scratch
+    size: Literal["tiny", "mini", "small", "medium", "base"] = "mini"
+    vocab_size: int = 16000  # for a tokenizer trained on the corpus
+    lowercase: bool = True
+    trust_remote_code: bool = False
+    attn_implementation: str = "sdpa"
+
+    def problems(self) -> list[str]:
+        out = []
+        if not 100 <= self.vocab_size <= 1_000_000:
+            out.append(f"model.vocab_size must be between 100 and 1000000, got {self.vocab_size}")
+        return out
+
+
+@dataclass
+class MLMConfig:
+    probability: float = 0.15
+    mask_replace_prob: float = 0.8  # of the selected tokens: replaced by [MASK] ...
+    random_replace_prob: float = 0.1  # ... by a random token; the rest are kept
+    whole_word_mask: bool = False
+    sparse_head: bool = True  # run the vocabulary head only at masked positions (same loss, much faster)
+
+    def problems(self) -> list[str]:
+        out = []
+        if not 0.0 < self.probability < 1.0:
+            out.append(f"mlm.probability must be in (0, 1), got {self.probability}")
+        for name in ("mask_replace_prob", "random_replace_prob"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                out.append(f"mlm.{name} must be in [0, 1], got {value}")
+        if self.mask_replace_prob + self.random_replace_prob > 1.0 + 1e-9:
+            out.append("mlm.mask_replace_prob + mlm.random_replace_prob must not exceed 1")
+        return out
+
+
+@dataclass
+class FinetuneOptions:
+    problem_type: Literal["auto", "single_label", "multi_label", "regression"] = "auto"
+    unseen_eval_labels: Literal["error", "drop"] = "error"  # eval labels absent from training
+    early_stopping_patience: int | None = None  # evaluations without improvement before stopping
+    metric: str | None = None  # metric that picks the best model; None: f1_macro (regression: mse)
+
+    def problems(self) -> list[str]:
+        if self.early_stopping_patience is not None and self.early_stopping_patience < 1:
+            return [f"finetune.early_stopping_patience must be >= 1, got {self.early_stopping_patience}"]
+        return []
+
+
+@dataclass
+class RunConfig:
+    command: Literal["pretrain", "finetune"] = "pretrain"
+    output_dir: str = "runs/pretrain"
+    seed: int = 42
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    mlm: MLMConfig = field(default_factory=MLMConfig)
+    finetune: FinetuneOptions = field(default_factory=FinetuneOptions)
+    training: dict[str, Any] = field(default_factory=dict)  # passed to TrainingArguments
+
+    def problems(self) -> list[str]:
+        out = self.data.problems() + self.model.problems()
+        out += self.mlm.problems() if self.command == "pretrain" else self.finetune.problems()
+        lr = self.training.get("learning_rate")
+        if isinstance(lr, (int, float)) and not isinstance(lr, bool) and lr <= 0:
+            out.append(f"training.learning_rate must be > 0, got {lr}")
+        for key in ("max_steps",):
+            value = self.training.get(key)
+            if isinstance(value, int) and value == 0:
+                out.append(f"training.{key} must be positive (or -1 for 'use num_train_epochs'), got 0")
+        epochs = self.training.get("num_train_epochs")
+        if isinstance(epochs, (int, float)) and epochs <= 0:
+            out.append(f"training.num_train_epochs must be > 0, got {epochs}")
+        batch = self.training.get("per_device_train_batch_size")
+        if isinstance(batch, int) and batch < 1:
+            out.append(f"training.per_device_train_batch_size must be >= 1, got {batch}")
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# Defaults per command, chosen for a short, useful run on a laptop CPU; recipes and flags override them.
+TRAINING_DEFAULTS: dict[str, dict[str, Any]] = {
+    "pretrain": {
+        "per_device_train_batch_size": 32,
+        "per_device_eval_batch_size": 64,
+        "learning_rate": 5e-4,
+        "weight_decay": 0.01,
+        "warmup_steps": 0.06,
+        "num_train_epochs": 1.0,
+        "max_steps": -1,
+        "logging_steps": 25,
+        "eval_strategy": "steps",
+        "eval_steps": 200,
+        "save_strategy": "steps",
+        "save_steps": 200,
+        "save_total_limit": 2,
+        "dataloader_num_workers": 0,
+        "report_to": "none",
+    },
+    "finetune": {
+        "per_device_train_batch_size": 32,
+        "per_device_eval_batch_size": 64,
+        "learning_rate": 5e-5,
+        "weight_decay": 0.01,
+        "warmup_steps": 0.1,
+        "num_train_epochs": 3.0,
+        "max_steps": -1,
+        "logging_steps": 25,
+        "eval_strategy": "epoch",
+        "save_strategy": "epoch",
+        "save_total_limit": 2,
+        "load_best_model_at_end": True,
+        "train_sampling_strategy": "group_by_length",
+        "dataloader_num_workers": 0,
+        "report_to": "none",
+    },
+}
+
+# Keys llmkit sets itself; a user setting them would break the run directory contract.
+RESERVED_TRAINING_KEYS = {"output_dir", "seed", "bf16", "fp16", "push_to_hub", "hub_token"}
+
+
+def defaults(command: str) -> dict[str, Any]:
+    cfg = RunConfig(command=command, output_dir=f"runs/{command}").to_dict()
+    cfg["training"] = copy.deepcopy(TRAINING_DEFAULTS[command])
+    if command == "finetune":
+        cfg["data"]["eval_fraction"] = 0.1
+        cfg["data"]["max_eval_samples"] = None
+    return cfg
+
+
+# ---------------------------------------------------------------- recipes
+
+
+def recipe_names() -> list[str]:
+    return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
+
+
+def recipe_path(name_or_path: str) -> Path:
+    """A recipe given as a path, or as the name of a shipped recipe."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    if path.suffix in (".yaml", ".yml") or "/" in name_or_path:
+        if path.is_dir() and (path / "llmkit.yaml").is_file():
+            return path / "llmkit.yaml"
+        raise ConfigError(f"Recipe file '{name_or_path}' does not exist. Give a YAML path or one of: "
+                          f"{', '.join(recipe_names())}.")
+    shipped = RECIPES_DIR / f"{name_or_path}.yaml"
+    if shipped.is_file():
+        return shipped
+    raise ConfigError(f"No recipe named '{name_or_path}'.{did_you_mean(name_or_path, recipe_names())} "
+                      f"Shipped recipes: {', '.join(recipe_names())} (see `llmkit recipes ls`).")
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"Cannot read recipe '{path}': {e}.") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"Recipe '{path}' is not valid YAML{where}: {problem}. Fix the YAML syntax.") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"Recipe '{path}' must be a YAML mapping of settings, found a {type(data).__name__}.")
+    return data
+
+
+# ---------------------------------------------------------------- building
+
+
+def parse_set(item: str) -> tuple[str, Any]:
+    """``key.sub=value`` -> (``key.sub``, value parsed as a YAML scalar/list)."""
+    key, sep, raw = item.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"--set expects key=value (e.g. --set training.learning_rate=1e-4), got '{item}'.")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    # YAML 1.1 reads "1e-4" as a string; numbers are what people mean.
+    if isinstance(value, str):
+        try:
+            value = float(value) if any(c in value.lower() for c in ".e") else int(value)
+        except ValueError:
+            pass
+    return key, value
+
+
+def _merge(base: dict[str, Any], layer: dict[str, Any], where: str) -> None:
+    for key, value in layer.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict) and key != "training":
+            _merge(base[key], value, f"{where}{key}.")
+        elif isinstance(value, dict) and key == "training" and isinstance(base.get(key), dict):
+            base[key].update(value)
+        else:
+            base[key] = value
+
+
+def _dotted_to_nested(key: str, value: Any) -> dict[str, Any]:
+    parts = key.split(".")
+    nested: dict[str, Any] = {parts[-1]: value}
+    for part in reversed(parts[:-1]):
+        nested = {part: nested}
+    return nested
+
+
+def build(command: str, recipe: str | None = None, flags: dict[str, Any] | None = None,
+          sets: list[str] | None = None) -> RunConfig:
+    """Resolve defaults < recipe < flags < --set into a validated RunConfig."""
+    cfg = defaults(command)
+    if recipe is not None:
+        layer = read_yaml(recipe_path(recipe))
+        recipe_command = layer.pop("command", command)
+        if recipe_command != command:
+            raise ConfigError(f"Recipe '{recipe}' is for `llmkit {recipe_command}`, not `llmkit {command}`. "
+                              f"Run `llmkit {recipe_command} {recipe}`.")
+        _check_keys(layer, cfg, "")
+        _merge(cfg, layer, "")
+    for key, value in (flags or {}).items():
+        if value is not None:
+            _merge(cfg, _dotted_to_nested(key, value), "")
+    for item in sets or []:
+        key, value = parse_set(item)
+        layer = _dotted_to_nested(key, value)
+        _check_keys(layer, cfg, "")
+        _merge(cfg, layer, "")
+    cfg["command"] = command
+    run = _construct(RunConfig, cfg, "")
+    problems = run.problems()
+    if problems:
+        raise ConfigError("Invalid configuration: " + "; ".join(problems) + ".")
+    return run
+
+
+def _check_keys(layer: dict[str, Any], reference: dict[str, Any], where: str) -> None:
+    for key, value in layer.items():
+        if key not in reference:
+            raise ConfigError(f"Unknown setting '{where}{key}'.{did_you_mean(key, reference)} "
+                              f"Valid keys here: {', '.join(sorted(reference))}.")
+        if key == "training" and not where:
+            if not isinstance(value, dict):
+                raise ConfigError(f"'training' must be a mapping of TrainingArguments fields, found {value!r}.")
+            continue  # checked against TrainingArguments when the run starts
+        if isinstance(reference[key], dict) and isinstance(value, dict):
+            _check_keys(value, reference[key], f"{where}{key}.")
+
+
+def _construct(cls: type, values: dict[str, Any], where: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in values:
+            continue
+        kwargs[f.name] = _coerce(values[f.name], hints[f.name], f"{where}{f.name}")
+    unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
+    if unknown:
+        key = sorted(unknown)[0]
+        raise ConfigError(f"Unknown setting '{where}{key}'.{did_you_mean(key, [f.name for f in dataclasses.fields(cls)])}")
+    return cls(**kwargs)
+
+
+def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"'{key}' must be a mapping, found {value!r}.")
+        return _construct(tp, value, f"{key}.")
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], key)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"'{key}' must be one of {_type_name(tp)}, got {value!r}.{did_you_mean(value, args)}")
+        return value
+    if origin is list:
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list):
+            raise ConfigError(f"'{key}' must be a list, got {value!r}.")
+        return [_coerce(v, args[0], key) for v in value]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"'{key}' must be a mapping, got {value!r}.")
+        return dict(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"'{key}' must be true or false, got {value!r}.")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"'{key}' must be an integer, got {value!r}.")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"'{key}' must be a number, got {value!r}.")
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"'{key}' must be a string, got {value!r}.")
+    return value
+
+
+def check_training_keys(training: dict[str, Any]) -> None:
+    """Every ``training`` key must be a TrainingArguments field that llmkit does not manage itself."""
+    from transformers import TrainingArguments
+
+    valid = {f.name for f in dataclasses.fields(TrainingArguments) if f.init}
+    for key in training:
+        if key in RESERVED_TRAINING_KEYS:
+            hint = {"output_dir": "--output-dir", "seed": "--set seed=N",
+                    "bf16": "--set precision=bf16", "fp16": "--set precision=fp16"}.get(key, "llmkit's own option")
+            raise ConfigError(f"'training.{key}' is set by llmkit; use {hint} instead.")
+        if key not in valid:
+            raise ConfigError(f"Unknown setting 'training.{key}': not a TrainingArguments field."
+                              f"{did_you_mean(key, valid)}")
+
+
+def dump(run: RunConfig) -> str:
+    return yaml.safe_dump(run.to_dict(), sort_keys=False, allow_unicode=True)

@@ -1,0 +1,162 @@
+"""Tokenizers and models: load a checkpoint, or train a WordPiece tokenizer and build a BERT of a preset size."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from llmkit.config import SIZES
+from llmkit.errors import ModelError
+
+
+def _hub_or_path_error(name: str, what: str, error: Exception) -> ModelError:
+    path = Path(name).expanduser()
+    if path.exists():
+        found = sorted(p.name for p in path.iterdir())[:8] if path.is_dir() else [path.name]
+        return ModelError(f"'{name}' is not a {what}: expected a folder with config.json and weights (as written by "
+                          f"save_pretrained), found {', '.join(found) or 'an empty folder'}. Give a model folder or a hub name.")
+    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return ModelError(f"Cannot load {what} '{name}': no such local folder, and as a hub name it failed ({first[:200]}). "
+                      f"Check the path, or the model name and your network.")
+
+
+def check_model_path(name: str) -> None:
+    """Fail before any heavy loading when a local path is clearly not a model folder."""
+    path = Path(name).expanduser()
+    if path.exists() and not (path.is_dir() and (path / "config.json").is_file()):
+        raise _hub_or_path_error(name, "model", FileNotFoundError(name))
+    if not path.exists() and (name.startswith((".", "/", "~")) or name.count("/") > 1):
+        raise ModelError(f"Model folder '{name}' does not exist. Check the path (relative paths start from {Path.cwd()}).")
+
+
+def load_tokenizer(name: str, trust_remote_code: bool = False) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
+    except Exception as e:  # noqa: BLE001 - many loaders, one meaning: not a usable tokenizer
+        raise _hub_or_path_error(name, "tokenizer", e) from None
+
+
+def train_tokenizer(texts: Sequence[str], vocab_size: int, lowercase: bool) -> Any:
+    """A BERT WordPiece tokenizer trained on the corpus (BERT normalisation: CJK characters split one per token)."""
+    from transformers import BertTokenizer
+
+    base = BertTokenizer(do_lower_case=lowercase, tokenize_chinese_chars=True)
+    return base.train_new_from_iterator(texts, vocab_size=vocab_size, show_progress=False)
+
+
+def size_config(size: str, tokenizer: Any, max_seq_length: int) -> Any:
+    from transformers import BertConfig
+
+    layers, hidden = SIZES[size]
+    return BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=max(1, hidden // 64),
+        intermediate_size=4 * hidden,
+        max_position_embeddings=max(512, max_seq_length),
+        pad_token_id=tokenizer.pad_token_id,
+    )
+
+
+def build_mlm(size: str, tokenizer: Any, max_seq_length: int, attn_implementation: str = "sdpa") -> Any:
+    from transformers import BertForMaskedLM
+
+    config = size_config(size, tokenizer, max_seq_length)
+    config._attn_implementation = attn_implementation
+    return BertForMaskedLM(config)
+
+
+def read_config(name: str, trust_remote_code: bool = False) -> Any:
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
+    except Exception as e:  # noqa: BLE001
+        raise _hub_or_path_error(name, "model", e) from None
+
+
+def load_mlm(name: str, trust_remote_code: bool = False, attn_implementation: str = "sdpa") -> tuple[Any, str | None]:
+    """A masked-LM model from a checkpoint; a checkpoint without an MLM head gets a fresh one (said in the note)."""
+    from transformers import AutoModelForMaskedLM
+
+    config = read_config(name, trust_remote_code)
+    note = None
+    if not any(a.endswith("ForMaskedLM") or a.endswith("ForPreTraining") for a in (config.architectures or [])):
+        note = (f"'{name}' has no masked-LM head ({', '.join(config.architectures or ['no architecture'])}); "
+                f"a fresh MLM head is added and trained.")
+    try:
+        model = AutoModelForMaskedLM.from_pretrained(name, config=config, trust_remote_code=trust_remote_code,
+                                                     attn_implementation=attn_implementation)
+    except ValueError as e:
+        if "attn_implementation" in str(e) or "sdpa" in str(e).lower():
+            model = AutoModelForMaskedLM.from_pretrained(name, config=config, trust_remote_code=trust_remote_code)
+        else:
+            raise ModelError(f"'{name}' ({config.model_type}) cannot be used as a masked-LM: {str(e).splitlines()[0]}. "
+                             f"Use an encoder checkpoint (BERT, RoBERTa, ...).") from None
+    except Exception as e:  # noqa: BLE001
+        raise _hub_or_path_error(name, "model", e) from None
+    return model, note
+
+
+def check_vocab(model: Any, tokenizer: Any, model_name: str, tokenizer_name: str) -> None:
+    rows = model.get_input_embeddings().num_embeddings
+    if len(tokenizer) > rows:
+        raise ModelError(f"Tokenizer '{tokenizer_name}' has {len(tokenizer)} tokens but model '{model_name}' has only "
+                         f"{rows} embedding rows. Use the model's own tokenizer (omit --tokenizer).")
+
+
+def max_positions(config: Any) -> int | None:
+    value = getattr(config, "max_position_embeddings", None)
+    if value is None:
+        return None
+    # RoBERTa-style models reserve padding_idx + 1 positions.
+    if getattr(config, "model_type", "") in ("roberta", "xlm-roberta", "camembert", "longformer"):
+        value -= (config.pad_token_id or 0) + 1
+    return int(value)
+
+
+# ---------------------------------------------------------------- precision
+
+
+def resolve_precision(requested: str) -> tuple[str, str]:
+    """(precision, why) for `auto|bf16|fp16|fp32` on this machine."""
+    import torch
+
+    if requested != "auto":
+        if requested == "fp16" and not torch.cuda.is_available():
+            from llmkit.errors import ConfigError
+
+            raise ConfigError("precision fp16 needs a CUDA GPU; none is visible. Use --set precision=bf16 or fp32.")
+        return requested, "requested"
+    if torch.cuda.is_available():
+        if torch.cuda.is_bf16_supported():
+            return "bf16", f"{torch.cuda.get_device_name(0)} supports bf16"
+        return "fp16", f"{torch.cuda.get_device_name(0)} has no bf16; using fp16 mixed precision"
+    if cpu_has_bf16():
+        return "bf16", "the CPU has native bf16 instructions (AVX-512 BF16 / AMX)"
+    return "fp32", "no GPU and no native bf16 on this CPU"
+
+
+def cpu_has_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(flag in flags.split() for flag in ("avx512_bf16", "amx_bf16"))
+
+
+def describe(model: Any) -> dict[str, Any]:
+    cfg = model.config
+    return {
+        "architecture": type(model).__name__,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "layers": getattr(cfg, "num_hidden_layers", None),
+        "hidden_size": getattr(cfg, "hidden_size", None),
+        "heads": getattr(cfg, "num_attention_heads", None),
+        "vocab_size": getattr(cfg, "vocab_size", None),
+    }
+

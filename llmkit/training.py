@@ -1,0 +1,250 @@
+"""TrainingArguments and Trainer construction, the masked-positions-only MLM loss, and callbacks."""
+
+from __future__ import annotations
+
+import math
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from transformers import Trainer, TrainerCallback, TrainingArguments
+
+from llmkit.errors import ConfigError
+
+# Attributes that hold the per-token prediction head of common masked-LM classes (BERT, RoBERTa, ALBERT,
+# DistilBERT); gathering their input at masked positions is exact because these heads act per token.
+MLM_HEAD_ATTRIBUTES = ("cls", "lm_head", "predictions", "vocab_transform")
+
+
+def log(message: str) -> None:
+    """Progress and diagnostics go to stderr (stdout is for results); only the main process speaks."""
+    if is_main_process():
+        print(f"llmkit: {message}", file=sys.stderr, flush=True)
+
+
+def is_main_process() -> bool:
+    import os
+
+    return os.environ.get("RANK", "0") == "0" and os.environ.get("LOCAL_RANK", "0") in ("0", "-1")
+
+
+def training_arguments(cfg: Any, output_dir: Path, precision: str, **overrides: Any) -> TrainingArguments:
+    values = dict(cfg.training)
+    values.update(overrides)
+    if precision == "bf16" and not torch.cuda.is_available():
+        values.setdefault("use_cpu", True)  # bf16 autocast on the CPU (TrainingArguments asks for it explicitly)
+    try:
+        return TrainingArguments(
+            output_dir=str(output_dir),
+            seed=cfg.seed,
+            bf16=precision == "bf16",
+            fp16=precision == "fp16",
+            disable_tqdm=True,  # LogCallback prints compact lines on stderr instead
+            logging_nan_inf_filter=False,  # a NaN loss must be seen, not averaged away
+            **values,
+        )
+    except (ValueError, TypeError) as e:
+        first = str(e).strip().splitlines()[0]
+        raise ConfigError(f"Invalid training settings: {first}") from None
+
+
+# ---------------------------------------------------------------- masked-positions-only MLM head
+
+
+class MaskedPositionsHead:
+    """Makes an MLM model's prediction head run only on the positions selected for the current step.
+
+    The vocabulary projection dominates the cost of small BERTs; computing it only where labels exist
+    (~15% of tokens) gives the same loss and gradients. The head's `forward` is wrapped on the instance,
+    so the model's parameters, state dict, `save_pretrained` and distributed wrappers are untouched.
+    """
+
+    def __init__(self, model: torch.nn.Module):
+        self.head = None
+        for name in MLM_HEAD_ATTRIBUTES:
+            module = getattr(model, name, None)
+            if isinstance(module, torch.nn.Module):
+                self.head = module
+                break
+        self.positions: torch.Tensor | None = None
+        if self.head is not None:
+            original = self.head.forward
+
+            def forward(hidden_states, *args, **kwargs):
+                if self.positions is not None:
+                    hidden_states = hidden_states[self.positions]
+                return original(hidden_states, *args, **kwargs)
+
+            self.head.forward = forward
+
+    @property
+    def available(self) -> bool:
+        return self.head is not None
+
+
+def mlm_logits(model: torch.nn.Module, inputs: dict[str, torch.Tensor], sparse: MaskedPositionsHead | None):
+    """(logits at labelled positions [M, V], labels [M], row index of each position [M])."""
+    inputs = dict(inputs)
+    labels = inputs.pop("labels")
+    positions = labels.ne(-100)
+    if sparse is not None and sparse.available:
+        sparse.positions = positions
+        try:
+            logits = model(**inputs).logits
+        finally:
+            sparse.positions = None
+        if logits.dim() != 2:  # the head reshaped its output: not a per-token head after all
+            raise RuntimeError("masked-positions head produced logits of unexpected shape")
+    else:
+        logits = model(**inputs).logits[positions]
+    rows = positions.nonzero()[:, 0]
+    return logits, labels[positions], rows
+
+
+class MLMTrainer(Trainer):
+    """`Trainer` whose MLM loss is the token-level mean over the whole (accumulated, all-process) batch.
+
+    The loss is normalised by `num_items_in_batch` (the masked tokens of every micro-batch of the optimizer
+    step, over all processes), so gradient accumulation and data parallelism give the same gradients as one
+    big batch. Evaluation reports token-level `eval_loss`, `perplexity` and `masked_accuracy` from per-example
+    sums (no full-vocabulary logits are kept).
+    """
+
+    def __init__(self, *args: Any, sparse_head: bool = True, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.sparse = MaskedPositionsHead(self.model) if sparse_head else None
+        self.model_accepts_loss_kwargs = True  # ask the Trainer for num_items_in_batch
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        logits, labels, _ = mlm_logits(model, inputs, self.sparse)
+        loss = F.cross_entropy(logits.float(), labels, reduction="sum")
+        if num_items_in_batch is None:
+            loss = loss / labels.numel() if labels.numel() else loss
+        else:
+            loss = loss / num_items_in_batch
+            if self.args.average_tokens_across_devices:
+                loss = loss * self.accelerator.num_processes  # DDP averages gradients over processes
+        return (loss, None) if return_outputs else loss
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad(), self.compute_loss_context_manager():
+            logits, labels, rows = mlm_logits(model, inputs, self.sparse)
+            token_loss = F.cross_entropy(logits.float(), labels, reduction="none")
+            correct = logits.argmax(-1).eq(labels).float()
+        batch = inputs["input_ids"].shape[0]
+        stats = torch.zeros(batch, 3, dtype=torch.float32, device=token_loss.device)
+        stats[:, 0].index_add_(0, rows, token_loss)
+        stats[:, 1].index_add_(0, rows, correct)
+        stats[:, 2].index_add_(0, rows, torch.ones_like(correct))
+        mean = token_loss.mean() if token_loss.numel() else token_loss.sum()
+        return mean.detach(), stats, stats
+
+    def evaluation_loop(self, *args, **kwargs):
+        # The same masks at every evaluation (comparable numbers), and training randomness left untouched.
+        cpu_state = torch.get_rng_state()
+        cuda_states = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+        torch.manual_seed(self.args.seed + self.args.process_index)
+        try:
+            output = super().evaluation_loop(*args, **kwargs)
+        finally:
+            torch.set_rng_state(cpu_state)
+            if cuda_states is not None:
+                torch.cuda.set_rng_state_all(cuda_states)
+        prefix = kwargs.get("metric_key_prefix", args[4] if len(args) > 4 else "eval")
+        stats = output.predictions
+        if stats is not None and len(stats):
+            loss_sum, correct, count = (float(x) for x in stats.sum(axis=0))
+            if count > 0:
+                loss = loss_sum / count
+                output.metrics[f"{prefix}_loss"] = loss
+                output.metrics[f"{prefix}_perplexity"] = math.exp(min(loss, 700.0))
+                output.metrics[f"{prefix}_masked_accuracy"] = correct / count
+                output.metrics[f"{prefix}_masked_tokens"] = int(count)
+        return output
+
+
+# ---------------------------------------------------------------- callbacks
+
+
+class LogCallback(TrainerCallback):
+    """One compact line per log event on stderr: step, loss, learning rate, throughput."""
+
+    def __init__(self, tokens_per_step: int | None = None):
+        self.tokens_per_step = tokens_per_step
+        self.start = None
+        self.start_step = 0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.start, self.start_step = time.perf_counter(), state.global_step
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs:
+            return
+        step = f"step {state.global_step}/{state.max_steps}"
+        if "eval_loss" in logs:
+            parts = [f"eval_{k[5:]} {_fmt(v)}" for k, v in logs.items() if k.startswith("eval_") and
+                     not k.endswith(("_runtime", "_per_second", "_masked_tokens"))]
+            log(f"{step}  " + "  ".join(parts))
+        elif "loss" in logs:
+            parts = [f"loss {_fmt(logs['loss'])}"]
+            if "learning_rate" in logs:
+                parts.append(f"lr {logs['learning_rate']:.2e}")
+            if self.tokens_per_step and self.start is not None:
+                elapsed = time.perf_counter() - self.start
+                done = state.global_step - self.start_step
+                if elapsed > 0 and done > 0:
+                    parts.append(f"{done * self.tokens_per_step / elapsed / 1000:.1f}k tok/s")
+            log(f"{step}  " + "  ".join(parts))
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}" if abs(value) < 1e4 else f"{value:.3e}"
+    return str(value)
+
+
+class GuardCallback(TrainerCallback):
+    """Stops cleanly on SIGINT/SIGTERM (saving a resumable checkpoint) and on a non-finite loss (saving nothing)."""
+
+    def __init__(self):
+        self.interrupted: str | None = None
+        self.nonfinite_step: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def install(self) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread
+                pass
+
+    def uninstall(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    def _handle(self, signum, frame):
+        if self.interrupted:  # a second signal: stop now
+            raise KeyboardInterrupt
+        self.interrupted = signal.Signals(signum).name
+        log(f"{self.interrupted} received: saving a checkpoint after this step, then stopping "
+            f"(send it again to stop at once)")
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.interrupted:
+            control.should_save = True
+            control.should_evaluate = False
+            control.should_training_stop = True
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(loss):
+            self.nonfinite_step = state.global_step
+            control.should_save = False
+            control.should_evaluate = False
+            control.should_training_stop = True
