@@ -8,9 +8,9 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-from llmkit.errors import OutputError
+from llmkit.errors import ConfigError, OutputError
 
 RUN_CONFIG = "llmkit.yaml"
 CHECKPOINTS = "checkpoints"
@@ -76,6 +76,58 @@ def check_output_dir(output_dir: str, resume: bool, overwrite: bool) -> RunDir:
     return RunDir(path, previous=path)
 
 
+def prepare(cfg: Any, resume: bool, overwrite: bool, resumable_changes: set[str],
+            log: Callable[[str], None]) -> tuple[RunDir, dict[str, Any] | None]:
+    """The checks every training recipe makes before loading a model: output directory, training keys, model
+    path and length limit, and on --resume an unchanged configuration. Returns (run dir, metrics if already done)."""
+    from llmkit import config as config_lib
+
+    run_dir = check_output_dir(cfg.output_dir, resume, overwrite)
+    config_lib.check_training_keys(cfg.training)
+    if cfg.model.name:
+        from llmkit import modeling
+
+        modeling.check_model_path(cfg.model.name)
+        positions = modeling.max_positions(modeling.read_config(cfg.model.name, cfg.model.trust_remote_code))
+        if positions is not None and cfg.data.max_seq_length > positions:
+            raise ConfigError(f"data.max_seq_length {cfg.data.max_seq_length} exceeds the {positions} positions of "
+                              f"'{cfg.model.name}'. Pass --max-seq-length {positions} or less.")
+    if resume:
+        if is_finished(run_dir.path):
+            log(f"the run in {run_dir.path} already finished; nothing to resume (metrics in metrics.json)")
+            return run_dir, json.loads((run_dir.path / "metrics.json").read_text())
+        check_resumable(run_dir, cfg, resumable_changes)
+        log(f"resuming from {run_dir.resume_from}")
+    return run_dir, None
+
+
+def check_resumable(run_dir: RunDir, cfg: Any, resumable_changes: set[str]) -> None:
+    """A run resumes only with the configuration it started with (up to `resumable_changes`)."""
+    from llmkit import config as config_lib
+
+    started = run_dir.checkpoints / STARTED
+    if not started.is_file():
+        return
+    before = _flatten(config_lib.read_yaml(started))
+    now = _flatten(cfg.to_dict())
+    differ = sorted(k for k in before.keys() | now.keys()
+                    if before.get(k) != now.get(k) and k not in resumable_changes)
+    if differ:
+        shown = ", ".join(f"{k} ({before.get(k)!r} -> {now.get(k)!r})" for k in differ[:6])
+        raise ConfigError(f"Cannot resume {run_dir.path}: the configuration differs from the one it started with: "
+                          f"{shown}. Resume with the same settings, or start over with --overwrite.")
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
 def start(run: RunDir, config_yaml: str) -> None:
     """Create the run directory (moving an overwritten run aside) and record the config the run started with."""
     if run.previous is not None:
@@ -92,11 +144,41 @@ def finish_replacement(run: RunDir) -> None:
         run.previous = None
 
 
-def stage(run: RunDir) -> Path:
-    staging = run.path / f".staging-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
+def stage_model(run: RunDir, trainer: Any, tokenizer: Any) -> Path | None:
+    """Save the trained model and tokenizer into OUTPUT_DIR/.staging; returns it on the main process, else None.
+
+    Every process must call it: FSDP/DeepSpeed gather the weights collectively. The final files are added by
+    `finish` and moved into place by `publish`, so a crash never leaves a directory that looks finished.
+    """
+    staging = run.path / ".staging"
+    if trainer.is_world_process_zero():
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+    trainer.accelerator.wait_for_everyone()
+    trainer.save_model(str(staging))
+    if not trainer.is_world_process_zero():
+        return None
+    tokenizer.save_pretrained(str(staging))
+    (staging / "training_args.bin").unlink(missing_ok=True)  # a pickle; llmkit.yaml records the settings
     return staging
+
+
+def finish(run: RunDir, staging: Path, trainer: Any, cfg: Any, metrics: dict[str, Any], plot_title: str,
+           card: dict[str, Any]) -> None:
+    """Add the run's records to the staged model (trainer_state.json, metrics.json, loss.png, README.md, then
+    llmkit.yaml) and publish them; `card` holds `model_card`'s title, summary, data, model and usage."""
+    from llmkit import config as config_lib
+
+    trainer.state.save_to_json(str(staging / "trainer_state.json"))
+    write_json(staging / "metrics.json", metrics)
+    loss_plot(trainer.state.log_history, staging / "loss.png", plot_title)
+    changed = changed_settings(cfg.to_dict(), config_lib.defaults(cfg.command))
+    changed.pop("output_dir", None)
+    (staging / "README.md").write_text(model_card(**card, changed=changed, metrics=metrics, command=cfg.command),
+                                       encoding="utf-8")
+    (staging / RUN_CONFIG).write_text(config_lib.dump(cfg), encoding="utf-8")
+    publish(run, staging)
+    finish_replacement(run)
 
 
 def publish(run: RunDir, staging: Path) -> None:
@@ -142,7 +224,7 @@ def loss_plot(log_history: list[dict[str, Any]], path: Path, title: str) -> bool
 
 
 def model_card(*, title: str, summary: str, data: str, model: dict[str, Any], changed: dict[str, Any],
-               metrics: dict[str, Any], usage: str) -> str:
+               metrics: dict[str, Any], usage: str, command: str = "pretrain") -> str:
     """README.md of a run: what was trained on what, how, how well, and how to use it."""
     lines = [f"# {title}", "", summary, "", "## Data", "", data, "", "## Model", ""]
     lines += [f"- {k}: {v:,}" if isinstance(v, int) else f"- {k}: {v}" for k, v in model.items() if v is not None]
@@ -153,8 +235,7 @@ def model_card(*, title: str, summary: str, data: str, model: dict[str, Any], ch
         if isinstance(v, (int, float)) and not isinstance(v, bool):
             lines.append(f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v:,} |")
     lines += ["", "## Use", "", "```python", usage.strip(), "```", "",
-              "The full configuration is in `llmkit.yaml`; rerun it with `llmkit "
-              f"{'pretrain' if 'Masked' in title or 'pretrain' in title.lower() else 'finetune'} llmkit.yaml`.", ""]
+              f"The full configuration is in `llmkit.yaml`; rerun it with `llmkit {command} llmkit.yaml`.", ""]
     return "\n".join(lines)
 
 

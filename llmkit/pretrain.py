@@ -28,7 +28,7 @@ RESUMABLE_CHANGES = {"training.logging_steps", "training.eval_steps", "training.
 def run(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
     """Pretrain per `cfg`; returns the final metrics. Writes the run directory described in DESIGN.md."""
     # 1. validate everything cheap before loading anything
-    run_dir, finished = prepare(cfg, resume, overwrite)
+    run_dir, finished = outputs.prepare(cfg, resume, overwrite, RESUMABLE_CHANGES, log)
     if finished is not None:
         return finished
 
@@ -119,53 +119,6 @@ def run(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> dict[s
     return summary
 
 
-def prepare(cfg: RunConfig, resume: bool, overwrite: bool) -> tuple[outputs.RunDir, dict[str, Any] | None]:
-    """All checks that need no model: output dir, settings, paths. Returns (run dir, metrics if already done)."""
-    run_dir = outputs.check_output_dir(cfg.output_dir, resume, overwrite)
-    config_lib.check_training_keys(cfg.training)
-    if cfg.model.name:
-        from llmkit import modeling
-
-        modeling.check_model_path(cfg.model.name)
-        positions = modeling.max_positions(modeling.read_config(cfg.model.name, cfg.model.trust_remote_code))
-        if positions is not None and cfg.data.max_seq_length > positions:
-            raise ConfigError(f"data.max_seq_length {cfg.data.max_seq_length} exceeds the {positions} positions of "
-                              f"'{cfg.model.name}'. Pass --max-seq-length {positions} or less.")
-    if resume:
-        if outputs.is_finished(run_dir.path):
-            import json
-
-            log(f"the run in {run_dir.path} already finished; nothing to resume (metrics in metrics.json)")
-            return run_dir, json.loads((run_dir.path / "metrics.json").read_text())
-        check_resumable(run_dir, cfg)
-        log(f"resuming from {run_dir.resume_from}")
-    return run_dir, None
-
-
-def check_resumable(run_dir: outputs.RunDir, cfg: RunConfig) -> None:
-    started = run_dir.checkpoints / outputs.STARTED
-    if not started.is_file():
-        return
-    before = _flatten(config_lib.read_yaml(started))
-    now = _flatten(cfg.to_dict())
-    differ = sorted(k for k in before.keys() | now.keys()
-                    if before.get(k) != now.get(k) and k not in RESUMABLE_CHANGES)
-    if differ:
-        shown = ", ".join(f"{k} ({before.get(k)!r} -> {now.get(k)!r})" for k in differ[:6])
-        raise ConfigError(f"Cannot resume {run_dir.path}: the configuration differs from the one it started with: "
-                          f"{shown}. Resume with the same settings, or start over with --overwrite.")
-
-
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def tokenizer_for(cfg: RunConfig, texts: list[str]) -> Any:
     from llmkit import modeling
 
@@ -226,26 +179,11 @@ def final_metrics(metrics: dict[str, Any], train: dict[str, Any], trainer: Any, 
 def save(run_dir: outputs.RunDir, trainer: Any, tokenizer: Any, cfg: RunConfig, metrics: dict[str, Any],
          source: str, shape: dict[str, Any]) -> None:
     """Write the final run directory atomically (staged, then moved into place, config last)."""
-    staging = run_dir.path / ".staging"
-    if trainer.is_world_process_zero():
-        import shutil
-
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
-    trainer.accelerator.wait_for_everyone()
-    trainer.save_model(str(staging))  # every process: FSDP/DeepSpeed gather the weights collectively
-    if not trainer.is_world_process_zero():
+    staging = outputs.stage_model(run_dir, trainer, tokenizer)
+    if staging is None:  # not the main process
         return
-    tokenizer.save_pretrained(str(staging))
-    (staging / "training_args.bin").unlink(missing_ok=True)  # a pickle; llmkit.yaml records the settings
-    trainer.state.save_to_json(str(staging / "trainer_state.json"))
-    outputs.write_json(staging / "metrics.json", metrics)
-    outputs.loss_plot(trainer.state.log_history, staging / "loss.png", "Masked-LM pretraining")
-    default = config_lib.defaults("pretrain")
-    changed = outputs.changed_settings(cfg.to_dict(), default)
-    changed.pop("output_dir", None)
     mask = tokenizer.mask_token or "[MASK]"
-    (staging / "README.md").write_text(outputs.model_card(
+    outputs.finish(run_dir, staging, trainer, cfg, metrics, "Masked-LM pretraining", card=dict(
         title=f"{Path(cfg.output_dir).name}: masked-LM pretraining",
         summary=(f"A {shape['architecture']} pretrained with masked language modelling by `llmkit pretrain` "
                  f"({'continued from `' + cfg.model.name + '`' if cfg.model.name else 'from scratch, size ' + cfg.model.size}). "
@@ -256,10 +194,6 @@ def save(run_dir: outputs.RunDir, trainer: Any, tokenizer: Any, cfg: RunConfig, 
               f"({metrics['train_tokens']:,} tokens seen)."),
         model={**shape, "precision": metrics["precision"], "processes": metrics["processes"],
                "effective batch size": metrics["effective_batch_size"]},
-        changed=changed, metrics=metrics,
-        usage=USAGE.format(path=Path(cfg.output_dir).resolve(), mask=mask)), encoding="utf-8")
-    (staging / outputs.RUN_CONFIG).write_text(config_lib.dump(cfg), encoding="utf-8")
-    outputs.publish(run_dir, staging)
-    outputs.finish_replacement(run_dir)
+        usage=USAGE.format(path=Path(cfg.output_dir).resolve(), mask=mask)))
     log(f"saved to {run_dir.path}: eval_loss {metrics['eval_loss']:.4f}, perplexity {metrics['perplexity']:.2f}, "
         f"masked_accuracy {(metrics['masked_accuracy'] or 0):.4f}")
