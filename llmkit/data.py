@@ -136,7 +136,7 @@ def read_text_file(path: Path, unit: str = "paragraph", errors: str = "strict") 
                         f"Convert it to UTF-8, or pass --set data.encoding_errors=replace.") from None
     text = text.replace("\r\n", "\n")
     if unit == "line":
-        return [line.strip() for line in text.split("\n") if line.strip()]
+        return [" ".join(line.split()) for line in text.split("\n") if line.strip()]
     return _paragraphs(text)
 
 

@@ -1,0 +1,118 @@
+"""Config: precedence, strictness, types, ranges, recipes."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from llmkit import config
+from llmkit.errors import ConfigError
+
+
+def test_defaults_build_and_validate():
+    cfg = config.build("pretrain")
+    assert cfg.command == "pretrain"
+    assert cfg.model.size == "mini"
+    assert cfg.training["learning_rate"] == 5e-4
+    assert cfg.data.max_seq_length == 128
+
+
+def test_precedence_defaults_recipe_flags_set(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({"command": "pretrain", "model": {"size": "tiny", "vocab_size": 500},
+                                      "training": {"max_steps": 10, "learning_rate": 1e-3}}))
+    cfg = config.build("pretrain", str(recipe), {"training.max_steps": 20, "model.size": None},
+                       ["training.max_steps=30", "model.vocab_size=700"])
+    assert cfg.model.size == "tiny"  # recipe beats default; a None flag does not override
+    assert cfg.training["learning_rate"] == 1e-3  # recipe
+    assert cfg.training["max_steps"] == 30  # --set beats the flag (20) which beats the recipe (10)
+    assert cfg.model.vocab_size == 700
+    assert cfg.training["weight_decay"] == 0.01  # defaults survive a partial training section
+
+
+def test_unknown_set_key_suggests_nearest():
+    with pytest.raises(ConfigError, match=r"Unknown setting 'model\.sise'\. Did you mean 'size'\?"):
+        config.build("pretrain", sets=["model.sise=tiny"])
+    with pytest.raises(ConfigError, match=r"Unknown setting 'daat'\. Did you mean 'data'\?"):
+        config.build("pretrain", sets=["daat.max_seq_length=64"])
+
+
+def test_unknown_training_key_suggests_trainingarguments_field():
+    with pytest.raises(ConfigError, match=r"training\.learning_rat.*Did you mean 'learning_rate'"):
+        config.check_training_keys({"learning_rat": 1e-4})
+    with pytest.raises(ConfigError, match="--output-dir"):
+        config.check_training_keys({"output_dir": "x"})
+    config.check_training_keys({"learning_rate": 1e-4, "gradient_accumulation_steps": 2})
+
+
+@pytest.mark.parametrize("item, message", [
+    ("mlm.probability=1.5", r"mlm\.probability must be in \(0, 1\), got 1\.5"),
+    ("mlm.probability=0", r"mlm\.probability must be in \(0, 1\)"),
+    ("training.learning_rate=-1e-4", r"training\.learning_rate must be > 0"),
+    ("data.max_seq_length=abc", r"'data\.max_seq_length' must be an integer, got 'abc'"),
+    ("model.size=huge", r"'model\.size' must be one of 'tiny' \| 'mini'"),
+    ("data.packing=maybe", r"'data\.packing' must be true or false"),
+    ("precision=fp8", r"'precision' must be one of"),
+])
+def test_wrong_type_or_range_is_refused(item, message):
+    with pytest.raises(ConfigError, match=message):
+        config.build("pretrain", sets=[item])
+
+
+def test_all_problems_reported_at_once():
+    with pytest.raises(ConfigError) as info:
+        config.build("pretrain", sets=["mlm.probability=2", "data.eval_fraction=0"])
+    assert "mlm.probability" in str(info.value) and "data.eval_fraction" in str(info.value)
+
+
+def test_set_parses_scientific_notation_and_lists():
+    assert config.parse_set("training.learning_rate=1e-4") == ("training.learning_rate", 1e-4)
+    assert config.parse_set("data.train=[a.txt, b.txt]") == ("data.train", ["a.txt", "b.txt"])
+    assert config.parse_set("training.report_to=none") == ("training.report_to", "none")
+    with pytest.raises(ConfigError, match="key=value"):
+        config.parse_set("training.learning_rate")
+
+
+def test_malformed_yaml_names_line(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("command: pretrain\nmodel: {size: tiny\n")
+    with pytest.raises(ConfigError, match=r"not valid YAML at line \d+"):
+        config.build("pretrain", str(bad))
+
+
+def test_recipe_for_other_command_is_refused(tmp_path):
+    recipe = tmp_path / "ft.yaml"
+    recipe.write_text("command: finetune\n")
+    with pytest.raises(ConfigError, match="llmkit finetune"):
+        config.build("pretrain", str(recipe))
+
+
+def test_unknown_recipe_name_suggests():
+    with pytest.raises(ConfigError, match="Did you mean 'cpu-quick'"):
+        config.recipe_path("cpu-quik")
+
+
+def test_yaml_is_loaded_safely(tmp_path):
+    evil = tmp_path / "evil.yaml"
+    evil.write_text("command: !!python/object/apply:os.system ['echo hacked']\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        config.build("pretrain", str(evil))
+
+
+@pytest.mark.parametrize("name", config.recipe_names())
+def test_every_shipped_recipe_loads(name):
+    path = config.recipe_path(name)
+    first = path.read_text().splitlines()[0]
+    assert first.startswith("# llmkit "), "a recipe starts with the command that runs it"
+    command = yaml.safe_load(path.read_text())["command"]
+    cfg = config.build(command, name)
+    config.check_training_keys(cfg.training)
+    assert f"llmkit {command}" in first
+
+
+def test_resolved_config_round_trips(tmp_path):
+    cfg = config.build("pretrain", sets=["model.size=tiny", "training.max_steps=7"])
+    saved = tmp_path / "llmkit.yaml"
+    saved.write_text(config.dump(cfg))
+    again = config.build("pretrain", str(saved))
+    assert again == cfg
