@@ -257,7 +257,8 @@ class Blocks:
     def __getitem__(self, i: int) -> dict[str, Any]:
         lo, hi = self.offsets[i], self.offsets[i + 1]
         ids = self.ids[lo:hi]
-        item = {"input_ids": ids.tolist(), "special_tokens_mask": self.special[ids].astype(np.int64).tolist()}
+        item = {"input_ids": ids.tolist(), "special_tokens_mask": self.special[ids].astype(np.int64).tolist(),
+                "index": i}  # keys the batch's masks (training.SeededMasking)
         if self.char_offsets is not None:
             item["offset_mapping"] = self.char_offsets[lo:hi].tolist()
         return item

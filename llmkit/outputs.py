@@ -111,7 +111,7 @@ def check_resumable(run_dir: RunDir, cfg: Any, resumable_changes: set[str]) -> N
     before = _flatten(config_lib.read_yaml(started))
     now = _flatten(cfg.to_dict())
     differ = sorted(k for k in before.keys() | now.keys()
-                    if before.get(k) != now.get(k) and k not in resumable_changes)
+                    if before.get(k) != now.get(k) and k not in resumable_changes and k != "output_dir")
     if differ:
         shown = ", ".join(f"{k} ({before.get(k)!r} -> {now.get(k)!r})" for k in differ[:6])
         raise ConfigError(f"Cannot resume {run_dir.path}: the configuration differs from the one it started with: "

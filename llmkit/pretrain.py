@@ -47,7 +47,8 @@ def run(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> dict[s
     from llmkit import modeling, training
 
     precision, why = modeling.resolve_precision(cfg.precision)
-    args = training.training_arguments(cfg, run_dir.checkpoints, precision)
+    args = training.training_arguments(cfg, run_dir.checkpoints, precision,
+                                       remove_unused_columns=False)  # keep "index" for SeededMasking
     log(f"precision: {precision} ({why})")
 
     # 4. tokenizer and model
@@ -79,15 +80,16 @@ def run(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> dict[s
         f"{len(eval_blocks):,} evaluation blocks of up to {cfg.data.max_seq_length} tokens")
 
     # 6. trainer
-    collator = transformers.DataCollatorForLanguageModeling(
+    collator = training.SeededMasking(transformers.DataCollatorForLanguageModeling(
         tokenizer=tokenizer, mlm_probability=cfg.mlm.probability, mask_replace_prob=cfg.mlm.mask_replace_prob,
-        random_replace_prob=cfg.mlm.random_replace_prob, whole_word_mask=cfg.mlm.whole_word_mask)
+        random_replace_prob=cfg.mlm.random_replace_prob, whole_word_mask=cfg.mlm.whole_word_mask), cfg.seed)
     effective_batch = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
     guard = training.GuardCallback()
     trainer = training.MLMTrainer(
         model=model, args=args, data_collator=collator, train_dataset=train_blocks, eval_dataset=eval_blocks,
         processing_class=tokenizer, sparse_head=cfg.mlm.sparse_head,
-        callbacks=[training.LogCallback(effective_batch * cfg.data.max_seq_length), guard])
+        callbacks=[training.LogCallback(effective_batch * cfg.data.max_seq_length), guard,
+                   training.MaskingEpochCallback(collator)])
     trainer.remove_callback(transformers.trainer_callback.PrinterCallback)
     if cfg.mlm.sparse_head and not trainer.sparse.available:
         log(f"{type(model).__name__} has no known per-token MLM head; computing the full head (same results, slower)")

@@ -71,6 +71,38 @@ def mlm_logits(model: torch.nn.Module, inputs: dict[str, torch.Tensor], sparse: 
     return logits, labels[positions], rows
 
 
+class SeededMasking:
+    """Wraps an MLM collator so each batch's masks depend only on (seed, epoch, the batch's sample indices).
+
+    Masks drawn from the global RNG depend on how many batches were collated before, which a resumed run
+    cannot reproduce (the data loader prefetches; skipped batches are not collated). Keyed masks make a
+    resumed run see exactly the masks of an uninterrupted one, and every evaluation the same masks.
+    Dataset items carry an "index" key, removed here.
+    """
+
+    def __init__(self, collator: Any, seed: int):
+        self.collator, self.seed, self.epoch = collator, seed, 0
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
+        import numpy as np
+
+        indices = [int(e["index"]) for e in examples]
+        examples = [{k: v for k, v in e.items() if k != "index"} for e in examples]
+        entropy = np.random.SeedSequence([self.seed, self.epoch + 1, *indices]).generate_state(2, np.uint32)
+        self.collator.generator = torch.Generator().manual_seed(int(entropy[0]) << 32 | int(entropy[1]))
+        return self.collator(examples)
+
+
+class MaskingEpochCallback(TrainerCallback):
+    """Tells `SeededMasking` which epoch is running (so each epoch draws fresh masks)."""
+
+    def __init__(self, masking: SeededMasking):
+        self.masking = masking
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self.masking.epoch = int(state.epoch or 0)
+
+
 class MLMTrainer(Trainer):
     """`Trainer` whose MLM loss is the token-level mean over the whole (accumulated, all-process) batch.
 
@@ -115,9 +147,15 @@ class MLMTrainer(Trainer):
         cpu_state = torch.get_rng_state()
         cuda_states = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
         torch.manual_seed(self.args.seed + self.args.process_index)
+        masking = self.data_collator if isinstance(self.data_collator, SeededMasking) else None
+        epoch = masking.epoch if masking else None
+        if masking:
+            masking.epoch = -1  # evaluation masks never change
         try:
             output = super().evaluation_loop(*args, **kwargs)
         finally:
+            if masking:
+                masking.epoch = epoch
             torch.set_rng_state(cpu_state)
             if cuda_states is not None:
                 torch.cuda.set_rng_state_all(cuda_states)
