@@ -383,6 +383,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads `1e-3` (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         raise ConfigError(f"'{key}' must be a number, got {value!r}.")
     if tp is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
@@ -392,18 +397,32 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
 
 
 def check_training_keys(training: dict[str, Any]) -> None:
-    """Every ``training`` key must be a TrainingArguments field that llmkit does not manage itself."""
+    """Every ``training`` key must be a TrainingArguments field that llmkit does not manage itself, and
+    simple-typed values (numbers, booleans, strings) must have the field's type; numbers are coerced in place."""
     from transformers import TrainingArguments
 
-    valid = {f.name for f in dataclasses.fields(TrainingArguments) if f.init}
-    for key in training:
-        if key in RESERVED_TRAINING_KEYS:
-            hint = {"output_dir": "--output-dir", "seed": "--set seed=N",
+    fields = {f.name: f for f in dataclasses.fields(TrainingArguments) if f.init}
+    hints = typing.get_type_hints(TrainingArguments)
+    for key in list(training):
+        if key in RESERVED_TRAINING_KEYS or key == "logging_dir":
+            hint = {"output_dir": "--output-dir", "seed": "--set seed=N", "logging_dir": "--output-dir",
                     "bf16": "--set precision=bf16", "fp16": "--set precision=fp16"}.get(key, "llmkit's own option")
             raise ConfigError(f"'training.{key}' is set by llmkit; use {hint} instead.")
-        if key not in valid:
+        if key not in fields:
             raise ConfigError(f"Unknown setting 'training.{key}': not a TrainingArguments field."
-                              f"{did_you_mean(key, valid)}")
+                              f"{did_you_mean(key, fields)}")
+        if _is_simple(hints.get(key)):
+            training[key] = _coerce(training[key], hints[key], f"training.{key}")
+
+
+def _is_simple(tp: Any) -> bool:
+    """int, float, bool, str or an Optional of one of them (other field types are left to TrainingArguments)."""
+    if tp in (int, float, bool, str):
+        return True
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        inner = [a for a in typing.get_args(tp) if a is not type(None)]
+        return len(inner) == 1 and inner[0] in (int, float, bool, str)
+    return False
 
 
 def dump(run: RunConfig) -> str:
