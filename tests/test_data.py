@@ -170,3 +170,27 @@ def test_builtin_corpus_is_real_english_and_deterministic(tmp_path):
     assert data.builtin_corpus(tmp_path) == first  # cached copy equals the built one
     words = " ".join(first[:2000]).lower().split()
     assert words.count("the") > 1000
+
+
+def test_whole_word_masking_masks_every_piece_of_a_word():
+    import torch
+    from transformers import DataCollatorForLanguageModeling
+
+    from llmkit.modeling import train_tokenizer
+
+    texts = toy_corpus(200)
+    tok = train_tokenizer(texts, vocab_size=60, lowercase=True)  # small vocabulary: words split into pieces
+    blocks = data.build_blocks(tok, texts, max_seq_length=64, packing=True, with_offsets=True)
+    collator = DataCollatorForLanguageModeling(tokenizer=tok, whole_word_mask=True, mlm_probability=0.15,
+                                               mask_replace_prob=1.0, random_replace_prob=0.0)
+    torch.manual_seed(0)
+    batch = collator([{k: v for k, v in blocks[i].items() if k != "index"} for i in range(len(blocks) - 1)])
+    masked = batch["labels"].ne(-100)
+    pieces = [tok.convert_ids_to_tokens(row) for row in
+              torch.tensor([blocks[i]["input_ids"] for i in range(len(blocks) - 1)]).tolist()]
+    continuation = torch.tensor([[p.startswith("##") for p in row] for row in pieces])
+    assert continuation.any(), "the test needs split words"
+    # a continuation piece is masked exactly when the piece before it (same word) is masked
+    both = masked[:, 1:][continuation[:, 1:]] == masked[:, :-1][continuation[:, 1:]]
+    assert both.all()
+    assert masked[continuation].any()
