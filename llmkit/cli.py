@@ -242,15 +242,16 @@ def fill_mask(
     batch_size: Annotated[int, typer.Option("--batch-size", help="Texts per forward pass.")] = 64,
     device: Annotated[Optional[str], typer.Option("--device", help="cpu, cuda, cuda:1, ... (default: GPU if "
                                                   "present).", show_default=False)] = None,
+    precision: Precision = None,
 ) -> None:
     """Predict the masked tokens of texts with a masked language model."""
     _offline_hint()
 
     def go():
-        from llmkit import fill_mask as command
+        import llmkit.fill_mask as command
 
         command.main(model, texts or [], input_file=input_file, top_k=top_k, targets=targets, as_json=as_json,
-                     batch_size=batch_size, device=device)
+                     batch_size=batch_size, device=device, precision=precision or "auto")
 
     guarded(go)
 

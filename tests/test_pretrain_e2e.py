@@ -127,3 +127,27 @@ def test_same_seed_same_metrics(tmp_path, toy_corpus_file):
     ma, mb = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("a", "b"))
     for key in ("eval_loss", "masked_accuracy", "train_loss"):
         assert ma[key] == mb[key], key
+
+
+def test_chinese_corpus_end_to_end(tmp_path):
+    """CJK text: the trained tokenizer splits per character, and fill-mask answers with characters."""
+    import random
+
+    from transformers import AutoTokenizer, pipeline
+
+    digits = "一二三四五六七八九十"
+    rng = random.Random(0)
+    lines = []
+    for _ in range(300):
+        start = rng.randrange(10)
+        lines.append("".join(digits[(start + i) % 10] for i in range(rng.randrange(5, 10))) + "。")
+    corpus = tmp_path / "zh.txt"
+    corpus.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    out = tmp_path / "zh"
+    result = run_cli("pretrain", "--data", corpus, "--set", "data.txt_unit=line", "-o", out, "--max-steps", "20",
+                     *TINY)
+    assert result.returncode == 0, result.stderr
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    assert tokenizer.tokenize("三四五") == ["三", "四", "五"]
+    guesses = pipeline("fill-mask", model=str(out))("一二[MASK]四五")
+    assert all(g["token_str"] in digits + "。" for g in guesses[:3]), guesses
