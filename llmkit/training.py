@@ -29,13 +29,39 @@ def is_main_process() -> bool:
     return os.environ.get("RANK", "0") == "0" and os.environ.get("LOCAL_RANK", "0") in ("0", "-1")
 
 
+DDP_TIMEOUT = 4 * 3600  # seconds; the other processes wait this long for the main one to tokenize a big corpus
+
+
+def has_accelerator() -> bool:
+    """A GPU (CUDA/ROCm), Apple MPS or Intel XPU device is visible to torch."""
+    mps = getattr(torch.backends, "mps", None)
+    xpu = getattr(torch, "xpu", None)
+    return torch.cuda.is_available() or bool(mps and mps.is_available()) or bool(xpu and xpu.is_available())
+
+
 def training_arguments(cfg: Any, output_dir: Path, precision: str, **overrides: Any) -> TrainingArguments:
+    """TrainingArguments for `cfg`; building them sets up the process group under accelerate launch/torchrun."""
+    import os
+
     values = dict(cfg.training)
     values.update(overrides)
-    if precision == "bf16" and not torch.cuda.is_available():
-        values.setdefault("use_cpu", True)  # bf16 autocast on the CPU (TrainingArguments asks for it explicitly)
+    if not has_accelerator():
+        # CPU training, explicitly: bf16 autocast on the CPU needs it, and under torchrun / accelerate launch
+        # it is what makes Accelerate join the processes with gloo instead of running N independent copies.
+        values.setdefault("use_cpu", True)
+    # The main process tokenizes while the others wait in a barrier bounded by this timeout (NCCL's default of
+    # 30 minutes is too short for a big corpus). Applies to GPU process groups; see README "Placement".
+    values.setdefault("ddp_timeout", DDP_TIMEOUT)
+    # llmkit's --precision decides; an Accelerate config's mixed_precision (passed by `accelerate launch` as
+    # ACCELERATE_MIXED_PRECISION) would otherwise silently turn an fp32 run into a mixed-precision one.
+    wanted = {"bf16": "bf16", "fp16": "fp16"}.get(precision, "no")
+    launched = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
+    if launched not in ("no", wanted):
+        log(f"the Accelerate config asks for mixed_precision={launched}; llmkit uses precision {precision} "
+            f"(change it with --precision)")
+    os.environ["ACCELERATE_MIXED_PRECISION"] = wanted
     try:
-        return TrainingArguments(
+        args = TrainingArguments(
             output_dir=str(output_dir),
             seed=cfg.seed,
             bf16=precision == "bf16",
@@ -47,6 +73,13 @@ def training_arguments(cfg: Any, output_dir: Path, precision: str, **overrides: 
     except (ValueError, TypeError) as e:
         first = str(e).strip().splitlines()[0]
         raise ConfigError(f"Invalid training settings: {first}") from None
+    if args.n_gpu > 1:
+        # One process seeing several GPUs: the Trainer would wrap the model in nn.DataParallel, which is slower
+        # than one process per GPU and breaks the masked-positions head (its replicas share one head). Use one.
+        log(f"{args.n_gpu} GPUs are visible to this single process: training on {args.device}. To use them all, "
+            f"add --num-processes {args.n_gpu} (or run under accelerate launch / torchrun)")
+        args._n_gpu = 1
+    return args
 
 
 # ---------------------------------------------------------------- masked-positions-only MLM loss
