@@ -105,11 +105,13 @@ def mlm_logits(model: torch.nn.Module, inputs: dict[str, torch.Tensor], sparse: 
 
 
 class SeededMasking:
-    """Wraps an MLM collator so each batch's masks depend only on (seed, epoch, the batch's sample indices).
+    """Wraps an MLM collator so each sample's masks depend only on (seed, epoch, the sample's index).
 
     Masks drawn from the global RNG depend on how many batches were collated before, which a resumed run
     cannot reproduce (the data loader prefetches; skipped batches are not collated). Keyed masks make a
-    resumed run see exactly the masks of an uninterrupted one, and every evaluation the same masks.
+    resumed run see exactly the masks of an uninterrupted one, and every evaluation the same masks. Keying
+    each sample (not the batch) makes them independent of how samples are grouped into batches, so a run
+    on N processes with batch B sees the same masks as a run on 1 process with batch N x B.
     Dataset items carry an "index" key, removed here.
     """
 
@@ -119,11 +121,31 @@ class SeededMasking:
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
         import numpy as np
 
-        indices = [int(e["index"]) for e in examples]
-        examples = [{k: v for k, v in e.items() if k != "index"} for e in examples]
-        entropy = np.random.SeedSequence([self.seed, self.epoch + 1, *indices]).generate_state(2, np.uint32)
-        self.collator.generator = torch.Generator().manual_seed(int(entropy[0]) << 32 | int(entropy[1]))
-        return self.collator(examples)
+        rows = []
+        for example in examples:
+            index = int(example["index"])
+            entropy = np.random.SeedSequence([self.seed, self.epoch + 1, index]).generate_state(2, np.uint32)
+            self.collator.generator = torch.Generator().manual_seed(int(entropy[0]) << 32 | int(entropy[1]))
+            rows.append(self.collator([{k: v for k, v in example.items() if k != "index"}]))
+        return self._stack(rows)
+
+    def _stack(self, rows: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        """Pad single-sample batches to one batch (as the collator pads: its side, pad id, labels -100)."""
+        tokenizer = self.collator.tokenizer
+        length = max(row["input_ids"].shape[1] for row in rows)
+        multiple = self.collator.pad_to_multiple_of
+        if multiple:
+            length = -(-length // multiple) * multiple
+        left = getattr(tokenizer, "padding_side", "right") == "left"
+        fill = {"input_ids": tokenizer.pad_token_id or 0, "labels": -100}
+        batch = {}
+        for key in rows[0]:
+            parts = []
+            for row in rows:
+                missing = length - row[key].shape[1]
+                parts.append(F.pad(row[key], (missing, 0) if left else (0, missing), value=fill.get(key, 0)))
+            batch[key] = torch.cat(parts)
+        return batch
 
 
 class MaskingEpochCallback(TrainerCallback):
