@@ -104,6 +104,36 @@ def load_mlm(name: str, trust_remote_code: bool = False, attn_implementation: st
     return model, note
 
 
+def load_trained_mlm(name: str, config: Any = None, trust_remote_code: bool = False,
+                     attn_implementation: str = "sdpa") -> Any:
+    """A masked-LM model for inference: unlike `load_mlm`, a checkpoint without a trained MLM head is an error
+    (a fresh head would predict random tokens)."""
+    from transformers import AutoModelForMaskedLM
+
+    config = config if config is not None else read_config(name, trust_remote_code)
+    kwargs = {"config": config, "trust_remote_code": trust_remote_code, "output_loading_info": True}
+    try:
+        try:
+            model, info = AutoModelForMaskedLM.from_pretrained(name, attn_implementation=attn_implementation, **kwargs)
+        except ValueError as e:
+            if "attn_implementation" not in str(e) and "sdpa" not in str(e).lower():
+                raise
+            model, info = AutoModelForMaskedLM.from_pretrained(name, **kwargs)
+    except ValueError as e:
+        raise ModelError(f"'{name}' ({config.model_type}) cannot be used as a masked-LM: {str(e).splitlines()[0]}. "
+                         f"Use an encoder trained with masked-LM (BERT, RoBERTa, ...; e.g. an llmkit pretrain run).") from None
+    except Exception as e:  # noqa: BLE001
+        raise _hub_or_path_error(name, "model", e) from None
+    prefix = f"{model.base_model_prefix}."
+    head_missing = sorted(k for k in info.get("missing_keys", ()) if not k.startswith(prefix))
+    if head_missing:
+        found = ", ".join(config.architectures or ["no architecture"])
+        raise ModelError(f"'{name}' has no trained masked-LM head ({found}; missing {head_missing[0]}"
+                         f"{f' and {len(head_missing) - 1} more' if len(head_missing) > 1 else ''}). Use a masked-LM "
+                         f"checkpoint, e.g. an llmkit pretrain run.")
+    return model.eval()
+
+
 def check_vocab(model: Any, tokenizer: Any, model_name: str, tokenizer_name: str) -> None:
     rows = model.get_input_embeddings().num_embeddings
     if len(tokenizer) > rows:
