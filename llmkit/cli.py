@@ -76,28 +76,39 @@ def _offline_hint() -> None:
 
 
 def _launch(num_processes: int | None) -> None:
-    """`--num-processes N`: re-run this same command under `accelerate launch` with N processes."""
-    if not num_processes or num_processes <= 1 or "LOCAL_RANK" in os.environ:
+    """`--num-processes N`: re-run this same command under `accelerate launch` with N processes.
+
+    What is launched (data parallel, or the kind an Accelerate config names) is `environment.launch_command`,
+    also printed by `llmkit env`. Exits with the launch's status: 0 when every process succeeded.
+    """
+    if num_processes is None or num_processes == 1 or "LOCAL_RANK" in os.environ:  # LOCAL_RANK: launched already
         return
+    if num_processes < 1:
+        from llmkit.errors import ConfigError
+
+        fail(ConfigError(f"--num-processes must be 1 or more, got {num_processes}."))
     import subprocess
 
-    argv = [a for a in sys.argv[1:]]
-    cleaned, skip = [], False
-    for a in argv:
+    from llmkit.environment import launch_command, shown
+
+    args, skip = [], False
+    for arg in sys.argv[1:]:
         if skip:
             skip = False
-            continue
-        if a == "--num-processes":
+        elif arg == "--num-processes":
             skip = True
+        elif not arg.startswith("--num-processes="):
+            args.append(arg)
+    command, what = launch_command(num_processes, args)
+    print(f"llmkit: launching {num_processes} processes ({what}): {shown(command)}", file=sys.stderr, flush=True)
+    process = subprocess.Popen(command)
+    while True:
+        try:
+            code = process.wait()
+            break
+        except KeyboardInterrupt:  # Ctrl-C reached the launched processes too: they checkpoint and stop
             continue
-        if a.startswith("--num-processes="):
-            continue
-        cleaned.append(a)
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(num_processes),
-               "-m", "llmkit", *cleaned]
-    print(f"llmkit: launching {num_processes} processes: accelerate launch --num_processes {num_processes} "
-          f"-m llmkit {' '.join(cleaned)}", file=sys.stderr)
-    raise typer.Exit(subprocess.call(command))
+    raise typer.Exit(code if code >= 0 else 128 - code)  # killed by signal N: 128 + N, as a shell reports it
 
 
 NumProcesses = Annotated[Optional[int], typer.Option("--num-processes", help="Start N processes with `accelerate "

@@ -1,25 +1,112 @@
-"""`llmkit env`: what a run would do on this machine (versions, devices, precision, placement)."""
+"""`llmkit env`: what a run would do on this machine (versions, devices, precision, placement).
+
+Also the launch plan of `--num-processes N` (`launch_command`), shared with the CLI so that what `llmkit env`
+prints is what a run does. Importing this module stays cheap (no torch): the CLI uses it before launching.
+"""
 
 from __future__ import annotations
 
 import json
 import os
 import platform
+import shlex
+import sys
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 PACKAGES = ("llmkit", "torch", "transformers", "datasets", "accelerate", "evaluate", "tokenizers", "typer")
 
+# Accelerate configs that place processes on GPUs (or other accelerators), as opposed to NO / MULTI_CPU.
+DEVICE_TYPES = {"MULTI_GPU", "FSDP", "DEEPSPEED", "MEGATRON_LM", "MULTI_NPU", "MULTI_MLU", "MULTI_SDAA",
+                "MULTI_MUSA", "MULTI_XPU", "MULTI_HPU", "MULTI_NEURON", "XLA"}
+
 
 def accelerate_config_file() -> Path | None:
-    """The Accelerate config `accelerate launch` would pick up by default, if any."""
-    explicit = os.environ.get("ACCELERATE_CONFIG_FILE")
-    if explicit:
-        return Path(explicit)
-    home = os.environ.get("HF_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "huggingface")
-    path = Path(home).expanduser() / "accelerate" / "default_config.yaml"
+    """The config file `accelerate launch` reads when given no --config_file (and no --cpu), if it exists.
+
+    The same lookup as accelerate/commands/config/config_args.py: $HF_HOME/accelerate/default_config.yaml,
+    HF_HOME defaulting to $XDG_CACHE_HOME/huggingface (XDG_CACHE_HOME defaulting to ~/.cache). Accelerate
+    has no environment variable that names another file.
+    """
+    home = os.environ.get("HF_HOME", os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "huggingface"))
+    path = Path(os.path.expanduser(home)) / "accelerate" / "default_config.yaml"
     return path if path.is_file() else None
+
+
+def read_accelerate_config(path: Path) -> tuple[dict[str, Any], str | None]:
+    """(settings, problem): the raw YAML mapping, and why `accelerate launch` could not use it (None if fine)."""
+    import yaml
+
+    try:
+        settings = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        return {}, f"cannot be read: {str(e).splitlines()[0]}"
+    if not isinstance(settings, dict):
+        return {}, "is not a YAML mapping"
+    if "distributed_type" not in settings:
+        return settings, "has no distributed_type"
+    return settings, None
+
+
+def launch_command(num_processes: int, llmkit_args: list[str]) -> tuple[list[str], str]:
+    """The `accelerate launch` command that `llmkit ... --num-processes N` runs, and what it will do.
+
+    With no Accelerate config (or one for a single process / CPU), `--multi_gpu` asks for N data-parallel
+    processes: one per GPU, or CPU processes joined with gloo when no GPU is visible (`accelerate launch
+    --num_processes N` alone would start a single process there). A config for DDP, FSDP or DeepSpeed
+    decides the kind; N overrides its process count.
+    """
+    config = accelerate_config_file()
+    settings = read_accelerate_config(config)[0] if config else {}
+    kind = str(settings.get("distributed_type", "NO"))
+    flags = ["--num_processes", str(num_processes)]
+    if kind in DEVICE_TYPES:
+        why = f"{kind} per the Accelerate config {config}"
+    else:
+        flags = ["--multi_gpu", *flags, "--gpu_ids", "all"]
+        if config is None:  # values a config would give; passing them keeps accelerate from warning about each
+            flags += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+        why = "data parallel: one process per GPU, or CPU processes joined with gloo when no GPU is visible"
+    return [sys.executable, "-m", "accelerate.commands.launch", *flags, "-m", "llmkit", *llmkit_args], why
+
+
+def shown(command: list[str]) -> str:
+    """A launch command as the user would type it."""
+    if command[1:3] == ["-m", "accelerate.commands.launch"]:
+        command = ["accelerate", "launch", *command[3:]]
+    return shlex.join(command)
+
+
+def config_warnings(path: Path, settings: dict[str, Any], problem: str | None, gpus: int) -> list[str]:
+    """What is stale or surprising about the default Accelerate config on this machine."""
+    if problem:
+        return [f"{path} {problem}: `accelerate launch` without --config_file would fail; fix or delete it."]
+    warnings = []
+    try:  # accelerate's own loader: unknown keys and invalid values fail here as they would at launch
+        from accelerate.commands.config.config_args import load_config_from_file
+
+        load_config_from_file(str(path))
+    except Exception as e:  # noqa: BLE001 - reported, not fatal
+        warnings.append(f"{path} is not a valid Accelerate config ({str(e).splitlines()[0][:200]}): "
+                        f"`accelerate launch` would fail; fix or delete it.")
+    kind = str(settings.get("distributed_type"))
+    wanted = int(settings.get("num_processes") or 1)
+    if kind in DEVICE_TYPES and not gpus:
+        warnings.append(f"{path} is a {kind} config but no GPU is visible (a stale default config?): "
+                        f"`accelerate launch` would use it; delete it, or pass --config_file or --cpu.")
+    elif kind in DEVICE_TYPES and wanted > gpus:
+        warnings.append(f"{path} asks for {wanted} processes but {gpus} GPU(s) are visible: pass --num_processes "
+                        f"{gpus} (llmkit: --num-processes {gpus}) or fix the config.")
+    if int(settings.get("num_machines") or 1) > 1:
+        warnings.append(f"{path} is for {settings['num_machines']} machines: `accelerate launch` on this machine "
+                        f"alone waits for the others to join.")
+    if settings.get("mixed_precision") not in (None, "no"):
+        warnings.append(f"{path} sets mixed_precision={settings['mixed_precision']}; llmkit ignores it and uses "
+                        f"--precision (printed above).")
+    if settings.get("compute_environment") == "AMAZON_SAGEMAKER":
+        warnings.append(f"{path} launches on Amazon SageMaker, not on this machine.")
+    return warnings
 
 
 def report() -> dict[str, Any]:
@@ -38,29 +125,22 @@ def report() -> dict[str, Any]:
             for i in range(torch.cuda.device_count())]
     precision, why = resolve_precision("auto")
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    config_file = accelerate_config_file()
-    warnings = []
-    if config_file is not None:
-        try:
-            import yaml
-
-            settings = yaml.safe_load(config_file.read_text()) or {}
-        except Exception:  # noqa: BLE001 - reported, not fatal
-            settings = {}
-        wanted = int(settings.get("num_processes", 1) or 1)
-        if settings.get("distributed_type", "NO") not in ("NO", None) and wanted > max(1, len(gpus)) and gpus:
-            warnings.append(f"{config_file} asks for {wanted} processes but {len(gpus)} GPU(s) are visible: "
-                            f"`accelerate launch` would use it; pass --config_file or fix it.")
-        if settings.get("distributed_type") in ("MULTI_GPU",) and not gpus:
-            warnings.append(f"{config_file} is a multi-GPU config but no GPU is visible: a stale default config? "
-                            f"`accelerate launch` would pick it up; delete it or pass --config_file.")
     if world > 1:
-        plan = f"{world} processes (launched), one device each"
+        device = "GPU" if gpus else "CPU process (gloo)"
+        plan = f"{world} processes (launched), one {device} each, data parallel"
+    elif len(gpus) > 1:
+        plan = (f"1 process on cuda:0 of {len(gpus)} visible GPUs; to use them all: llmkit <command> ... "
+                f"--num-processes {len(gpus)}")
     elif gpus:
-        plan = (f"1 process on cuda:0; for all {len(gpus)} GPUs run `llmkit <command> ... --num-processes "
-                f"{len(gpus)}`" if len(gpus) > 1 else "1 process on cuda:0")
+        plan = "1 process on cuda:0"
     else:
         plan = f"1 process on the CPU ({torch.get_num_threads()} threads)"
+    config_file = accelerate_config_file()
+    warnings: list[str] = []
+    if config_file is not None:
+        settings, problem = read_accelerate_config(config_file)
+        warnings += config_warnings(config_file, settings, problem, len(gpus))
+    launch, launch_why = launch_command(max(2, len(gpus)), ["COMMAND", "..."])
     return {
         "versions": versions,
         "python": platform.python_version(),
@@ -70,12 +150,15 @@ def report() -> dict[str, Any]:
         "precision": {"auto": precision, "why": why},
         "placement": plan,
         "accelerate_config": str(config_file) if config_file else None,
+        "num_processes_launch": {"processes": max(2, len(gpus)), "command": shown(launch), "what": launch_why},
         "offline": {k: os.environ.get(k) for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE") if os.environ.get(k)},
         "warnings": warnings,
     }
 
 
 def main(as_json: bool = False) -> None:
+    if os.environ.get("RANK", "0") != "0":  # `llmkit env` under a launcher: one report, from the main process
+        return
     info = report()
     if as_json:
         print(json.dumps(info, indent=2))
@@ -92,5 +175,8 @@ def main(as_json: bool = False) -> None:
     print(f"precision:  {info['precision']['auto']} ({info['precision']['why']}); override with --precision")
     print(f"placement:  {info['placement']}")
     print(f"accelerate: {info['accelerate_config'] or 'no default config file (accelerate launch uses its defaults)'}")
+    launch = info["num_processes_launch"]
+    print(f"--num-processes {launch['processes']} runs: {launch['command']}")
+    print(f"            ({launch['what']})")
     for warning in info["warnings"]:
         print(f"warning:    {warning}")
