@@ -223,6 +223,37 @@ def loss_plot(log_history: list[dict[str, Any]], path: Path, title: str) -> bool
     return True
 
 
+def confusion_plot(matrix: Any, labels: list[str], path: Path, title: str) -> None:
+    """A confusion matrix (rows: true labels, columns: predictions) as a PNG heat map with counts."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    matrix = np.asarray(matrix)
+    n = len(labels)
+    size = min(16.0, 3.0 + 0.45 * n)
+    fig, ax = plt.subplots(figsize=(size, size * 0.85), dpi=100)
+    image = ax.imshow(matrix, cmap="Blues")
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    short = [label if len(label) <= 18 else label[:17] + "…" for label in labels]
+    ax.set_xticks(range(n), short, rotation=45 if n > 4 else 0, ha="right" if n > 4 else "center")
+    ax.set_yticks(range(n), short)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    if n <= 30:  # counts stay legible
+        threshold = matrix.max() / 2 if matrix.size else 0
+        for i in range(n):
+            for j in range(n):
+                ax.text(j, i, f"{matrix[i, j]:g}", ha="center", va="center", fontsize=8,
+                        color="white" if matrix[i, j] > threshold else "black")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
 def model_card(*, title: str, summary: str, data: str, model: dict[str, Any], changed: dict[str, Any],
                metrics: dict[str, Any], usage: str, command: str = "pretrain") -> str:
     """README.md of a run: what was trained on what, how, how well, and how to use it."""

@@ -1,0 +1,104 @@
+"""Labeled data for finetune: columns, problem type, label sets, unseen labels and the stratified split."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import pytest
+
+from llmkit import config
+from llmkit.errors import DataError
+from llmkit.finetune import (Labeled, check_eval_labels, encode_labels, label_names, load_labeled, normalize_labels,
+                             problem_type, split_eval, stratified_sample)
+
+
+def labels_of(raw, requested="auto"):
+    problem = problem_type(raw, requested)
+    labels = normalize_labels(raw, problem, "data")
+    return problem, labels, label_names(labels, problem, "data")
+
+
+def test_problem_type_follows_the_label_values():
+    assert labels_of(["pos", "neg", "pos"]) == ("single_label", ["pos", "neg", "pos"], ["neg", "pos"])
+    assert labels_of([10, 2, 1, 2]) == ("single_label", ["10", "2", "1", "2"], ["1", "2", "10"])  # numeric order
+    assert labels_of([True, False])[2] == ["False", "True"]
+    assert labels_of([0.5, 1, 2.25])[0:2] == ("regression", [0.5, 1.0, 2.25])
+    assert labels_of([["a", "b"], [], ["c"]]) == ("multi_label", [["a", "b"], [], ["c"]], ["a", "b", "c"])
+
+
+def test_requested_problem_type_wins():
+    assert labels_of([0.0, 1.0, 1.0], "single_label")[1:] == (["0", "1", "1"], ["0", "1"])
+    assert labels_of(["1.5", "2"], "regression")[1] == [1.5, 2.0]
+    # CSV files cannot hold lists: a multi-label string is split on commas
+    assert labels_of(["news, sports", "sports", ""], "multi_label")[1:] == (
+        [["news", "sports"], ["sports"], []], ["news", "sports"])
+    with pytest.raises(DataError, match=r"finite number.*row 2: 'high'"):
+        labels_of([1.0, "high"], "regression")
+
+
+def test_single_class_training_set_is_refused():
+    with pytest.raises(DataError, match=r"one label \('spam'\).*at least 2 classes"):
+        labels_of(["spam", "spam"])
+    with pytest.raises(DataError, match="problem_type=regression"):  # a numeric target: suggest regression
+        labels_of([3, 3, 3])
+
+
+def test_encode_labels():
+    assert encode_labels(["b", "a", "b"], "single_label", ["a", "b"]) == [1, 0, 1]
+    assert encode_labels([["b"], [], ["a", "b"]], "multi_label", ["a", "b"]) == [[0.0, 1.0], [0.0, 0.0], [1.0, 1.0]]
+    assert encode_labels([1.5, 2.0], "regression", []) == [1.5, 2.0]
+
+
+def test_unseen_evaluation_labels_error_or_drop(capsys):
+    held = Labeled(["t1", "t2", "t3", "t4"], None, ["a", "x", "b", "x"], "dev.csv")
+    with pytest.raises(DataError) as error:
+        check_eval_labels(held, ["a", "b"], "single_label", "error")
+    message = str(error.value)
+    assert "'x' (2 rows)" in message and "finetune.unseen_eval_labels=drop" in message and "\n" not in message
+    kept = check_eval_labels(held, ["a", "b"], "single_label", "drop")
+    assert kept.texts == ["t1", "t3"] and kept.labels == ["a", "b"]
+    assert "dropped 2 evaluation row(s)" in capsys.readouterr().err
+    multi = Labeled(["t1", "t2"], None, [["a"], ["a", "z"]], "dev.jsonl")
+    assert check_eval_labels(multi, ["a", "b"], "multi_label", "drop").texts == ["t1"]
+
+
+def test_stratified_split_is_proportional_seeded_and_keeps_every_class_in_training():
+    labels = ["a"] * 60 + ["b"] * 30 + ["c"] * 9 + ["d"]
+    picked = stratified_sample(labels, 0.1, seed=42)
+    assert len(picked) == 10
+    counts = Counter(labels[i] for i in picked)
+    assert counts["a"] == 6 and counts["b"] == 3 and counts["d"] == 0  # d's only example stays in training
+    assert counts["c"] == 1  # the remaining slot goes to the largest remainder (c: 0.9)
+    assert picked == stratified_sample(labels, 0.1, seed=42)  # reproducible
+    assert picked != stratified_sample(labels, 0.1, seed=7)
+    train, held = split_eval(Labeled([str(i) for i in range(100)], None, labels, "d"), "single_label", 0.1, 42)
+    assert len(train.texts) == 90 and len(held.texts) == 10 and set(train.labels) == {"a", "b", "c", "d"}
+    assert not set(train.texts) & set(held.texts)
+
+
+def test_columns_auto_detected_from_csv_and_jsonl(tmp_path, capsys):
+    cfg = config.build("finetune")
+    csv_file = tmp_path / "train.csv"
+    csv_file.write_text("id,sentence,label\n1,good film,pos\n2,bad film,neg\n", encoding="utf-8")
+    got = load_labeled([str(csv_file)], cfg.data, None)
+    assert (got.texts, got.pairs, got.labels) == (["good film", "bad film"], None, ["pos", "neg"])
+    assert "text 'sentence'" in capsys.readouterr().err
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"sentence1": f"a{i}", "sentence2": f"b{i}", "labels": ["x", "y"][:i + 1]})
+                             + "\n" for i in range(2)), encoding="utf-8")
+    got = load_labeled([str(pairs)], cfg.data, None)
+    assert got.pairs == ["b0", "b1"] and got.labels == [["x"], ["x", "y"]]
+
+
+def test_bad_columns_and_missing_values_are_reported(tmp_path):
+    cfg = config.build("finetune", sets=["data.label_column=lable"])
+    data_file = tmp_path / "train.csv"
+    data_file.write_text("text,label\nhello,a\n,b\nworld,\n", encoding="utf-8")
+    with pytest.raises(DataError, match="Column 'lable' not found.*Did you mean 'label'"):
+        load_labeled([str(data_file)], cfg.data, None)
+    with pytest.raises(DataError) as error:
+        load_labeled([str(data_file)], config.build("finetune").data, None)
+    # both problems at once, with the first row of each
+    assert "no text in 1 row(s) (first: row 2)" in str(error.value)
+    assert "no label in 1 row(s) (first: row 3)" in str(error.value)
