@@ -241,7 +241,7 @@ def read_columns(table: Any, source: str, cfg_data: Any) -> tuple[list[str], lis
     if label in (text, pair):
         raise DataError(f"Column '{label}' of '{source}' cannot be both a text and the label. Pass --label-column "
                         f"or --text-column with different columns.")
-    texts, labels = list(table[text]), list(table[label])
+    texts, labels = list(table[text]), class_names(list(table[label]), table.features.get(label))
     pairs = list(table[pair]) if pair else None
     problems = []
     for column, values in ((text, texts), (pair, pairs)):
@@ -255,6 +255,21 @@ def read_columns(table: Any, source: str, cfg_data: Any) -> tuple[list[str], lis
     if problems:
         raise DataError(f"'{source}': " + "; ".join(problems) + ". Fill them in or drop those rows.")
     return texts, pairs, labels
+
+
+def class_names(values: list[Any], feature: Any) -> list[Any]:
+    """`datasets` class labels (ClassLabel ids, or lists of them) as their names; -1 (unlabeled) as missing."""
+    import datasets
+
+    def name(feature: Any, v: Any) -> Any:
+        return feature.int2str(v) if isinstance(v, int) and v >= 0 else None
+
+    if isinstance(feature, datasets.ClassLabel):
+        return [name(feature, v) for v in values]
+    inner = getattr(feature, "feature", None)
+    if isinstance(inner, datasets.ClassLabel):
+        return [None if v is None else [name(inner, x) for x in v] for v in values]
+    return values
 
 
 # ---------------------------------------------------------------- labels

@@ -8,7 +8,7 @@ from collections import Counter
 import pytest
 
 from llmkit import config
-from llmkit.errors import DataError
+from llmkit.errors import ConfigError, DataError
 from llmkit.finetune import (Labeled, check_eval_labels, encode_labels, label_names, load_labeled, normalize_labels,
                              problem_type, split_eval, stratified_sample)
 
@@ -102,3 +102,32 @@ def test_bad_columns_and_missing_values_are_reported(tmp_path):
     # both problems at once, with the first row of each
     assert "no text in 1 row(s) (first: row 2)" in str(error.value)
     assert "no label in 1 row(s) (first: row 3)" in str(error.value)
+
+
+def test_datasets_class_labels_become_their_names(tmp_path):
+    import datasets
+
+    features = datasets.Features({"sentence": datasets.Value("string"),
+                                  "label": datasets.ClassLabel(names=["negative", "positive"])})
+    table = datasets.Dataset.from_dict({"sentence": ["meh", "great", "awful"], "label": [0, 1, 0]}, features=features)
+    table.to_parquet(str(tmp_path / "sst.parquet"))
+    got = load_labeled([str(tmp_path / "sst.parquet")], config.build("finetune").data, None)
+    assert got.labels == ["negative", "positive", "negative"]
+
+
+def test_best_model_selection_arguments_are_valid_training_arguments(tmp_path):
+    from llmkit import training
+    from llmkit.finetune import check_settings, selection_arguments
+
+    cfg = config.build("finetune", "glue-sst2")  # evaluates every 500 steps; saves per epoch by default
+    extra = selection_arguments(cfg, "accuracy")
+    assert extra == {"metric_for_best_model": "accuracy", "greater_is_better": True, "save_strategy": "steps",
+                     "save_steps": 500}
+    args = training.training_arguments(cfg, tmp_path, "fp32", **extra)  # HF accepts the combination
+    assert args.load_best_model_at_end and args.save_steps == args.eval_steps == 500
+    assert selection_arguments(config.build("finetune"), "mse")["greater_is_better"] is False
+    with pytest.raises(ConfigError, match="use --set finetune.metric"):
+        check_settings(config.build("finetune", sets=["training.metric_for_best_model=accuracy"]))
+    with pytest.raises(ConfigError, match="load_best_model_at_end"):
+        check_settings(config.build("finetune", sets=["finetune.early_stopping_patience=2",
+                                                      "training.load_best_model_at_end=false"]))
