@@ -83,7 +83,7 @@ def run(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> dict[s
     collator = training.SeededMasking(transformers.DataCollatorForLanguageModeling(
         tokenizer=tokenizer, mlm_probability=cfg.mlm.probability, mask_replace_prob=cfg.mlm.mask_replace_prob,
         random_replace_prob=cfg.mlm.random_replace_prob, whole_word_mask=cfg.mlm.whole_word_mask), cfg.seed)
-    effective_batch = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
+    effective_batch = training.effective_batch_size(args)
     guard = training.GuardCallback()
     trainer = training.MLMTrainer(
         model=model, args=args, data_collator=collator, train_dataset=train_blocks, eval_dataset=eval_blocks,
@@ -113,6 +113,10 @@ def run(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> dict[s
                        f"{outputs.last_checkpoint(run_dir.path)}. Resume with the same command plus --resume.")
 
     # 8. evaluate (unless the last step just did) and save the run directory
+    if training.effective_batch_size(args, trainer) != effective_batch:
+        effective_batch = training.effective_batch_size(args, trainer)
+        log(f"batch: auto_find_batch_size lowered it to {trainer.state.train_batch_size} per device = "
+            f"{effective_batch} sequences per step")
     last = trainer.state.log_history[-2:] if trainer.state.log_history else []
     done = [e for e in last if "eval_loss" in e and e.get("step") == trainer.state.global_step]
     metrics = done[-1] if done else trainer.evaluate()

@@ -82,6 +82,15 @@ def training_arguments(cfg: Any, output_dir: Path, precision: str, **overrides: 
     return args
 
 
+def effective_batch_size(args: TrainingArguments, trainer: Trainer | None = None) -> int:
+    """Sequences per optimizer step: per-device batch x gradient accumulation x processes.
+
+    Pass the trainer after training: `auto_find_batch_size` may have lowered the per-device batch.
+    """
+    per_device = (trainer.state.train_batch_size if trainer is not None else None) or args.train_batch_size
+    return per_device * args.gradient_accumulation_steps * args.world_size
+
+
 # ---------------------------------------------------------------- masked-positions-only MLM loss
 
 
