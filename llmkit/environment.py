@@ -22,15 +22,20 @@ DEVICE_TYPES = {"MULTI_GPU", "FSDP", "DEEPSPEED", "MEGATRON_LM", "MULTI_NPU", "M
                 "MULTI_MUSA", "MULTI_XPU", "MULTI_HPU", "MULTI_NEURON", "XLA"}
 
 
-def accelerate_config_file() -> Path | None:
-    """The config file `accelerate launch` reads when given no --config_file (and no --cpu), if it exists.
+def default_accelerate_config_path() -> Path:
+    """Where `accelerate launch` looks for its config when given no --config_file (and no --cpu).
 
     The same lookup as accelerate/commands/config/config_args.py: $HF_HOME/accelerate/default_config.yaml,
     HF_HOME defaulting to $XDG_CACHE_HOME/huggingface (XDG_CACHE_HOME defaulting to ~/.cache). Accelerate
     has no environment variable that names another file.
     """
     home = os.environ.get("HF_HOME", os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "huggingface"))
-    path = Path(os.path.expanduser(home)) / "accelerate" / "default_config.yaml"
+    return Path(os.path.expanduser(home)) / "accelerate" / "default_config.yaml"
+
+
+def accelerate_config_file() -> Path | None:
+    """The default Accelerate config that `accelerate launch` would pick up here, if there is one."""
+    path = default_accelerate_config_path()
     return path if path.is_file() else None
 
 
