@@ -187,7 +187,9 @@ class MLMTrainer(Trainer):
         if num_items_in_batch is None:
             loss = loss / labels.numel() if labels.numel() else loss
         else:
-            loss = loss / num_items_in_batch
+            # No masked token in the whole step (tiny batches, low mlm.probability): the loss is 0, not 0/0 = NaN.
+            loss = loss / (num_items_in_batch.clamp(min=1) if torch.is_tensor(num_items_in_batch)
+                           else max(num_items_in_batch, 1))
             if self.args.average_tokens_across_devices:
                 loss = loss * self.accelerator.num_processes  # DDP averages gradients over processes
         return (loss, None) if return_outputs else loss
