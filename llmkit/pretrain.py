@@ -47,8 +47,10 @@ def run(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> dict[s
     from llmkit import modeling, training
 
     precision, why = modeling.resolve_precision(cfg.precision)
-    args = training.training_arguments(cfg, run_dir.checkpoints, precision,
-                                       remove_unused_columns=False)  # keep "index" for SeededMasking
+    args = training.training_arguments(
+        cfg, run_dir.checkpoints, precision, remove_unused_columns=False,  # keep "index" for SeededMasking
+        # a masked LM uses every parameter each step: spare DDP its per-step search for unused ones
+        ddp_find_unused_parameters=cfg.training.get("ddp_find_unused_parameters", False))
     log(f"precision: {precision} ({why})")
 
     # 4. tokenizer and model
