@@ -63,15 +63,7 @@ def run(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> dict[s
         return finished
 
     # 2. data: labeled train and eval sets, labels checked (all before any model is loaded or anything written)
-    train, held_out = load_data(cfg)
-    problem = problem_type(train.labels, cfg.finetune.problem_type)
-    train.labels = normalize_labels(train.labels, problem, train.source)
-    names = label_names(train.labels, problem, train.source)
-    if held_out is None:
-        train, held_out = split_eval(train, problem, cfg.data.eval_fraction, cfg.seed)
-    else:
-        held_out.labels = normalize_labels(held_out.labels, problem, held_out.source)
-        held_out = check_eval_labels(held_out, names, problem, cfg.finetune.unseen_eval_labels)
+    train, held_out, problem, names = labeled_data(cfg)
     metric = metrics.check_metric(cfg.finetune.metric or ("mse" if problem == "regression" else "f1_macro"),
                                   problem, len(names))
     log(f"data: {len(train.texts):,} training and {len(held_out.texts):,} evaluation examples from {train.source}; "
@@ -185,6 +177,23 @@ def selection_arguments(cfg: RunConfig, metric: str) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------- data
+
+
+def labeled_data(cfg: RunConfig) -> tuple[Labeled, Labeled, str, list[str]]:
+    """(training set, evaluation set, problem type, label names), every label checked."""
+    train, held_out = load_data(cfg)
+    problem = problem_type(train.labels, cfg.finetune.problem_type)
+    train.labels = normalize_labels(train.labels, problem, train.source)
+    names = label_names(train.labels, problem, train.source)
+    if held_out is None:
+        train, held_out = split_eval(train, problem, cfg.data.eval_fraction, cfg.seed)
+    else:
+        held_out.labels = normalize_labels(held_out.labels, problem, held_out.source)
+        held_out = check_eval_labels(held_out, names, problem, cfg.finetune.unseen_eval_labels)
+    if cfg.data.max_eval_samples and len(held_out.texts) > cfg.data.max_eval_samples:  # a seeded, stratified subset
+        strata = held_out.labels if problem == "single_label" else [0] * len(held_out.labels)
+        held_out = held_out.select(stratified_sample(strata, cfg.data.max_eval_samples / len(strata), cfg.seed))
+    return train, held_out, problem, names
 
 
 def load_data(cfg: RunConfig) -> tuple[Labeled, Labeled | None]:

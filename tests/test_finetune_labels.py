@@ -131,3 +131,15 @@ def test_best_model_selection_arguments_are_valid_training_arguments(tmp_path):
     with pytest.raises(ConfigError, match="load_best_model_at_end"):
         check_settings(config.build("finetune", sets=["finetune.early_stopping_patience=2",
                                                       "training.load_best_model_at_end=false"]))
+
+
+def test_held_out_split_and_max_eval_samples(tmp_path):
+    from llmkit.finetune import labeled_data
+
+    rows = "".join(f"text {i},{'ab'[i % 4 == 0]}\n" for i in range(40))  # 10 'b', 30 'a'
+    (tmp_path / "train.csv").write_text("text,label\n" + rows, encoding="utf-8")
+    cfg = config.build("finetune", flags={"data.train": [str(tmp_path / "train.csv")]},
+                       sets=["data.eval_fraction=0.5", "data.max_eval_samples=8"])
+    train, held, problem, names = labeled_data(cfg)
+    assert (problem, names, len(train.texts)) == ("single_label", ["a", "b"], 20)
+    assert Counter(held.labels) == {"a": 6, "b": 2}  # 8 of the 20 held out, in the classes' 3:1 proportion
