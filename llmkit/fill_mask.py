@@ -28,7 +28,7 @@ API returns the same objects; the keys are fixed (values may be null where state
              "sequence": str}]}], the decoded input with this token filled in (other masks left as masks)
      "best": {                    the joint best filling of all masks (see below)
         "tokens":    [str], "token_ids": [int],  one per mask, left to right
-        "score":     float,       product of the probabilities of the chosen tokens, each given the earlier choices
+        "score":     float,       product of the chosen tokens' probabilities, each given the tokens fixed before it
         "sequence":  str}}
 
 Per-mask candidates are scored independently (every other mask still masked), as `pipeline("fill-mask")`
@@ -65,10 +65,6 @@ from llmkit.errors import ConfigError, DataError, ModelError
 # `[MASK]` (BERT family) and `<mask>` (RoBERTa family), any letter case; the model's own token is added per model.
 COMMON_MASK_SPELLINGS = (r"\[mask\]", r"<mask>")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-RESULT_KEYS = ("text", "truncated", "masks", "best")
-MASK_KEYS = ("position", "start", "end", "candidates")
-CANDIDATE_KEYS = ("token", "token_id", "score", "sequence")
-BEST_KEYS = ("tokens", "token_ids", "score", "sequence")
 
 
 def log(message: str) -> None:
@@ -120,8 +116,9 @@ def read_inputs(texts: Sequence[str], input_file: str | None) -> list[str]:
     else:
         path = Path(input_file).expanduser()
         if not path.is_file():
-            raise DataError(f"Input file '{input_file}' does not exist" + (" (it is a folder)" if path.is_dir() else "")
-                            + ". Give a text file with one text per line, or '-' for stdin.")
+            found = "is a folder" if path.is_dir() else "does not exist"
+            raise DataError(f"Input file '{input_file}' {found}. Give a text file with one text per line, or '-' "
+                            f"for stdin.")
         try:
             lines = path.read_text(encoding="utf-8").splitlines()
         except UnicodeDecodeError as e:
@@ -166,11 +163,15 @@ def load(model: str | Path, device: str | None = None, precision: str = "auto", 
     chosen, why = _resolve_precision(precision, target)
     mlm = modeling.load_trained_mlm(name, config, trust_remote_code).to(target)
     head = modeling.MaskedPositionsHead(mlm)
-    if chosen != "fp32" and head.available:
+    # DistilBERT-style heads are several sibling modules: only the first would leave autocast.
+    whole_head = head.available and head.head is not getattr(mlm, "vocab_transform", None)
+    if chosen != "fp32" and whole_head:
         _head_in_fp32(head)
         why += "; encoder in autocast, vocabulary head in fp32"
     elif chosen != "fp32" and precision == "auto":
-        chosen, why = "fp32", f"the head of {type(mlm).__name__} cannot be kept in fp32 apart from the encoder"
+        chosen, why = "fp32", f"the vocabulary head of {type(mlm).__name__} cannot run in fp32 apart from the encoder"
+    elif chosen != "fp32":
+        why += "; vocabulary head in autocast too"
     return MaskFiller(name, mlm, tokenizer, head, target, chosen, why, _window_length(config, tokenizer))
 
 
