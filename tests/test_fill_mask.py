@@ -186,6 +186,35 @@ def test_package_level_function_keeps_working(tiny_mlm):
         assert len(result["masks"][0]["candidates"]) == 1
 
 
+def make_tiny_roberta(folder):
+    """A real RobertaForMaskedLM (`<mask>`, byte-level BPE, positions offset by the padding index), 64-token window."""
+    import torch
+    from transformers import RobertaConfig, RobertaForMaskedLM, RobertaTokenizer
+
+    tokenizer = RobertaTokenizer().train_new_from_iterator(toy_corpus(), vocab_size=300, show_progress=False)
+    torch.manual_seed(0)
+    config = RobertaConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                           intermediate_size=64, max_position_embeddings=64 + tokenizer.pad_token_id + 1,
+                           pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+                           eos_token_id=tokenizer.eos_token_id)
+    RobertaForMaskedLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_roberta_style_model_takes_bert_spelling_and_its_window(tmp_path, capsys):
+    from transformers import pipeline
+
+    folder = make_tiny_roberta(tmp_path / "roberta")
+    pipe = pipeline("fill-mask", model=str(folder), device="cpu")
+    long_text = " ".join(["alpha"] * 100) + " [MASK] beta"
+    results = fm.fill_mask(folder, ["alpha beta [MASK] delta", "gamma<mask> delta", long_text], top_k=3,
+                           precision="fp32")
+    for text, result in zip(["alpha beta <mask> delta", "gamma<mask> delta"], results):
+        assert_same_candidates(result["masks"][0]["candidates"], pipe(text, top_k=3))
+    assert results[2]["truncated"] and "window of 64 tokens" in capsys.readouterr().err
+    assert results[2]["masks"][0]["position"] < 64
+
 def test_input_errors_before_loading(tiny_mlm, tmp_path):
     with pytest.raises(DataError, match=r"1 of 2 texts? has no mask token \[MASK\].*'alpha beta'"):
         fm.fill_mask(tiny_mlm, ["alpha [MASK]", "alpha beta"])
