@@ -1,0 +1,185 @@
+"""Benchmark: `llmkit fill-mask` versus `pipeline("fill-mask")`, side by side on the same model and inputs.
+
+    python benchmarks/fill_mask.py                      # mini BERT (4x256) built here, 1,000 sentences, 3 repeats
+    python benchmarks/fill_mask.py --model runs/mlm     # an llmkit pretrain run (or any masked-LM folder)
+    python benchmarks/fill_mask.py --quick              # 200 sentences, fewer repeats: a smoke run
+
+Measures, as medians of a few repeats:
+1. throughput (sentences/s) on N real sentences (Python standard library docstrings, one word masked each),
+   model already loaded: the plain HF way (`pipeline("fill-mask")` called per sentence; also given the whole
+   list with batch_size, for reference) versus `llmkit.fill_mask` in fp32 and in bf16 autocast, with the top-1
+   agreement and the largest score difference against the per-sentence pipeline;
+2. cold start: wall time of one prediction from a fresh process, `llmkit fill-mask MODEL "..."` versus a
+   one-line Python script using `pipeline`.
+Without --model, a `mini` BERT (4 layers x 256 hidden) is built from a config, with a 16k WordPiece tokenizer
+trained on the same docstrings; its weights are random, which does not change the speed. Figures on a shared
+machine are indicative.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+COLD_TEXT = "The function returns a [MASK] of the values."
+
+
+def build_mini_model(folder: Path) -> Path:
+    """A `mini` BERT (4 x 256, llmkit's size preset) with a 16k WordPiece tokenizer trained on the built-in corpus."""
+    import torch
+
+    from llmkit import data, modeling
+
+    tokenizer = modeling.train_tokenizer(data.builtin_corpus(), vocab_size=16000, lowercase=True)
+    torch.manual_seed(0)
+    model = modeling.build_mlm("mini", tokenizer, max_seq_length=128)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def masked_sentences(n: int, seed: int = 0) -> list[str]:
+    """`n` sentences of 8-40 words from the built-in corpus, each with one word (not the first) masked."""
+    from llmkit import data
+
+    rng = random.Random(seed)
+    sentences = []
+    for doc in data.builtin_corpus():
+        for sentence in re.split(r"(?<=[.!?])\s+", doc):
+            words = sentence.split()
+            if 8 <= len(words) <= 40 and any(w.isalpha() for w in words[1:]):
+                sentences.append(words)
+    rng.shuffle(sentences)
+    if len(sentences) < n:
+        raise SystemExit(f"only {len(sentences)} sentences in the corpus, asked for {n}")
+    out = []
+    for words in sentences[:n]:
+        at = rng.choice([i for i, w in enumerate(words) if i > 0 and w.isalpha()])
+        out.append(" ".join(words[:at] + ["[MASK]"] + words[at + 1:]))
+    return out
+
+
+def interleaved_medians(jobs: dict[str, callable], repeats: int) -> tuple[dict[str, float], dict[str, object]]:
+    """Median seconds per job, running the jobs in turn each round so a busy machine slows them all alike."""
+    times: dict[str, list[float]] = {name: [] for name in jobs}
+    results: dict[str, object] = {}
+    for _ in range(repeats):
+        for name, job in jobs.items():
+            start = time.perf_counter()
+            results[name] = job()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}, results
+
+
+def agreement(ours: list[dict], reference: list[list[dict]]) -> tuple[float, float, float]:
+    """Against the pipeline: share of texts with the same top-1 token, with the same top-k list in the same order,
+    and the largest |score difference| of a token both list."""
+    top1, topk, worst = 0, 0, 0.0
+    for result, ref in zip(ours, reference):
+        candidates = result["masks"][0]["candidates"]
+        top1 += candidates[0]["token_id"] == ref[0]["token"]
+        topk += [c["token_id"] for c in candidates] == [c["token"] for c in ref]
+        by_id = {c["token"]: c["score"] for c in ref}
+        worst = max([worst] + [abs(c["score"] - by_id[c["token_id"]]) for c in candidates if c["token_id"] in by_id])
+    return top1 / len(ours), topk / len(ours), worst
+
+
+def cold_start(model: str, repeats: int) -> dict[str, float]:
+    """Median wall seconds of one prediction from a new process: a one-line pipeline script versus the CLI."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    script = (f"from transformers import pipeline; "
+              f"print(pipeline('fill-mask', model={model!r}, device='cpu')({COLD_TEXT!r}))")
+    commands = {
+        "python -c 'pipeline(\"fill-mask\", ...)(text)'": [sys.executable, "-c", script],
+        "llmkit fill-mask MODEL text": [sys.executable, "-m", "llmkit", "fill-mask", model, COLD_TEXT, "--device", "cpu"],
+    }
+
+    def run(name: str, command: list[str]):
+        def job():
+            done = subprocess.run(command, env=env, capture_output=True, text=True)
+            if done.returncode != 0:
+                raise SystemExit(f"{name} failed:\n{done.stderr}")
+        return job
+
+    medians, _ = interleaved_medians({name: run(name, command) for name, command in commands.items()}, repeats)
+    return medians
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", help="masked-LM folder (e.g. an llmkit pretrain run); default: a mini BERT built here")
+    parser.add_argument("--n", type=int, default=1000, help="number of sentences (default 1000)")
+    parser.add_argument("--repeats", type=int, default=3, help="repeats per measurement; the median is reported")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--quick", action="store_true", help="a smoke run: 200 sentences, 2 repeats")
+    args = parser.parse_args()
+    n, repeats = (200, 2) if args.quick else (args.n, args.repeats)
+
+    import torch
+    from transformers import pipeline
+
+    import llmkit.fill_mask as fm
+    from llmkit import modeling
+
+    with tempfile.TemporaryDirectory(prefix="llmkit-bench-") as tmp:
+        model = args.model or str(build_mini_model(Path(tmp) / "mini"))
+        texts = masked_sentences(n)
+
+        # 1. throughput, model loaded once on each side
+        pipe = pipeline("fill-mask", model=model, device="cpu")
+        shape = modeling.describe(pipe.model)
+        auto_filler = fm.load(model, device="cpu", precision="auto")
+        auto = auto_filler.precision
+        fillers = {precision: fm.load(model, device="cpu", precision=precision) for precision in ("fp32", "bf16")}
+        for filler in fillers.values():
+            fm.fill_mask(filler, texts[:args.batch_size], top_k=5)  # warm-up: first-call allocations
+        jobs = {
+            'pipeline("fill-mask") per sentence': lambda: [pipe(t, top_k=5) for t in texts],
+            f"pipeline(texts, batch_size={args.batch_size})": lambda: pipe(texts, top_k=5, batch_size=args.batch_size),
+        }
+        for precision, filler in fillers.items():
+            label = f"llmkit fill_mask {precision}" + (" (auto here)" if precision == auto else "")
+            jobs[label] = (lambda f: lambda: fm.fill_mask(f, texts, top_k=5, batch_size=args.batch_size))(filler)
+        seconds, outputs = interleaved_medians(jobs, repeats)
+        reference = outputs['pipeline("fill-mask") per sentence']
+        rows = []
+        for label, took in seconds.items():
+            if label.startswith("llmkit"):
+                top1, top5, worst = agreement(outputs[label], reference)
+                rows.append((label, n / took, f"{top1:.1%}", f"{top5:.1%}", f"{worst:.1e}"))
+            else:
+                rows.append((label, n / took, "-", "-", "-"))
+
+        # 2. cold start: one prediction from a fresh process
+        cold = cold_start(model, repeats)
+
+    base = rows[0][1]
+    print(f"\nfill-mask benchmark: {shape['architecture']} {shape['layers']}x{shape['hidden_size']}, vocabulary "
+          f"{shape['vocab_size']:,}, {shape['parameters'] / 1e6:.1f}M parameters; {n:,} sentences, top_k 5; "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads; medians of {repeats} interleaved runs. "
+          f"Indicative: the machine may be shared.\nauto precision here: {auto} ({auto_filler.precision_why})\n")
+    print(f"{'throughput (model loaded)':<40} {'sentences/s':>12} {'vs per-sentence':>16} {'same top-1':>11} "
+          f"{'same top-5':>11} {'max |dscore|':>13}")
+    for label, rate, top1, top5, worst in rows:
+        print(f"{label:<40} {rate:>12,.1f} {rate / base:>15.1f}x {top1:>11} {top5:>11} {worst:>13}")
+    print(f"\n{'cold start (one prediction, new process)':<40} {'wall s':>12} {'vs pipeline':>16}")
+    (pipe_name, pipe_s), (ours_name, ours_s) = cold.items()
+    print(f"{pipe_name:<40} {pipe_s:>12.2f} {1.0:>15.2f}x")
+    print(f"{ours_name:<40} {ours_s:>12.2f} {pipe_s / ours_s:>15.2f}x")
+
+
+if __name__ == "__main__":
+    main()
