@@ -115,7 +115,7 @@ def read_inputs(texts: Sequence[str], input_file: str | None) -> list[str]:
         where = "stdin"
     else:
         path = Path(input_file).expanduser()
-        if not path.is_file():
+        if not path.exists() or path.is_dir():  # not `is_file()`: a named pipe, e.g. <(command), is fine
             found = "is a folder" if path.is_dir() else "does not exist"
             raise DataError(f"Input file '{input_file}' {found}. Give a text file with one text per line, or '-' "
                             f"for stdin.")
