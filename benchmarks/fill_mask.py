@@ -104,7 +104,8 @@ def cold_start(model: str, repeats: int) -> dict[str, float]:
               f"print(pipeline('fill-mask', model={model!r}, device='cpu')({COLD_TEXT!r}))")
     commands = {
         "python -c 'pipeline(\"fill-mask\", ...)(text)'": [sys.executable, "-c", script],
-        "llmkit fill-mask MODEL text": [sys.executable, "-m", "llmkit", "fill-mask", model, COLD_TEXT, "--device", "cpu"],
+        "llmkit fill-mask MODEL text": [sys.executable, "-m", "llmkit", "fill-mask", model, COLD_TEXT,
+                                        "--device", "cpu"],
     }
 
     def run(name: str, command: list[str]):
@@ -120,7 +121,8 @@ def cold_start(model: str, repeats: int) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", help="masked-LM folder (e.g. an llmkit pretrain run); default: a mini BERT built here")
+    parser.add_argument("--model", help="masked-LM folder (e.g. an llmkit pretrain run); default: a mini BERT "
+                                        "built here")
     parser.add_argument("--n", type=int, default=1000, help="number of sentences (default 1000)")
     parser.add_argument("--repeats", type=int, default=3, help="repeats per measurement; the median is reported")
     parser.add_argument("--batch-size", type=int, default=64)

@@ -121,7 +121,8 @@ def load_trained_mlm(name: str, config: Any = None, trust_remote_code: bool = Fa
             model, info = AutoModelForMaskedLM.from_pretrained(name, **kwargs)
     except ValueError as e:
         raise ModelError(f"'{name}' ({config.model_type}) cannot be used as a masked-LM: {str(e).splitlines()[0]}. "
-                         f"Use an encoder trained with masked-LM (BERT, RoBERTa, ...; e.g. an llmkit pretrain run).") from None
+                         f"Use an encoder trained with masked-LM (BERT, RoBERTa, ...; e.g. an llmkit pretrain "
+                         f"run).") from None
     except Exception as e:  # noqa: BLE001
         raise _hub_or_path_error(name, "model", e) from None
     prefix = f"{model.base_model_prefix}."

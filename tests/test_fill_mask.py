@@ -70,8 +70,9 @@ def test_batch_size_does_not_change_results(filler):
     batched = fm.fill_mask(filler, texts, top_k=3, batch_size=64)
     one_by_one = fm.fill_mask(filler, texts, top_k=3, batch_size=1)
     for a, b in zip(batched, one_by_one):
-        assert [c["token_id"] for c in a["masks"][0]["candidates"]] == [c["token_id"] for c in b["masks"][0]["candidates"]]
-        for x, y in zip(a["masks"][0]["candidates"], b["masks"][0]["candidates"]):
+        ours, single = a["masks"][0]["candidates"], b["masks"][0]["candidates"]
+        assert [c["token_id"] for c in ours] == [c["token_id"] for c in single]
+        for x, y in zip(ours, single):
             assert x["score"] == pytest.approx(y["score"], abs=TOL)
 
 
