@@ -163,6 +163,30 @@ def test_gradient_accumulation_gives_the_same_step_as_one_big_batch(tmp_path):
     assert gap > 1e-3
 
 
+# ---------------------------------------------------------------- precision
+
+
+def test_bf16_on_the_cpu_is_real_autocast(tmp_path):
+    """precision bf16 on the CPU runs the matmuls in bf16 with fp32 master weights: not a flag the Trainer ignores."""
+    from transformers import default_data_collator
+
+    from llmkit import config
+
+    cfg = config.build("pretrain")
+    cfg.training = {"max_steps": 1, "per_device_train_batch_size": 4, "report_to": "none", "save_strategy": "no",
+                    "logging_strategy": "no"}
+    model = tiny_bert()
+    seen = []
+    model.bert.encoder.layer[0].intermediate.dense.register_forward_hook(lambda m, i, out: seen.append(out.dtype))
+    batch = premasked_batch([2, 3, 1, 2])
+    trainer = training.MLMTrainer(model=model, args=training.training_arguments(cfg, tmp_path, "bf16"),
+                                  train_dataset=[{k: v[i] for k, v in batch.items()} for i in range(4)],
+                                  data_collator=default_data_collator)
+    trainer.train()
+    assert seen == [torch.bfloat16]
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+
+
 # ---------------------------------------------------------------- evaluation
 
 
