@@ -166,7 +166,7 @@ def resolve_precision(requested: str) -> tuple[str, str]:
             raise ConfigError("precision fp16 needs a CUDA GPU; none is visible. Use --set precision=bf16 or fp32.")
         return requested, "requested"
     if torch.cuda.is_available():
-        if torch.cuda.is_bf16_supported():
+        if torch.cuda.is_bf16_supported(including_emulation=False):
             return "bf16", f"{torch.cuda.get_device_name(0)} supports bf16"
         return "fp16", f"{torch.cuda.get_device_name(0)} has no bf16; using fp16 mixed precision"
     if cpu_has_bf16():
