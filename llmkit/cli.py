@@ -151,7 +151,6 @@ def pretrain(
     set_: Sets = None,
 ) -> None:
     """Pretrain a masked language model (BERT-style), from scratch or from a checkpoint."""
-    _launch(num_processes)
     _offline_hint()
 
     def go():
@@ -161,6 +160,7 @@ def pretrain(
                  "model.size": size, "output_dir": output_dir, "training.max_steps": max_steps,
                  "training.num_train_epochs": epochs, "data.max_seq_length": max_seq_length, "precision": precision}
         cfg = config.build("pretrain", recipe, flags, set_)
+        _launch(num_processes)  # after the config is valid: bad settings exit 2 before any launch
         metrics = recipe_module.run(cfg, resume=resume, overwrite=overwrite)
         _print_result(metrics, cfg.output_dir)
 
@@ -202,7 +202,6 @@ def finetune(
     set_: Sets = None,
 ) -> None:
     """Fine-tune a sequence classifier (or regressor) on labeled data."""
-    _launch(num_processes)
     _offline_hint()
 
     def go():
@@ -213,6 +212,7 @@ def finetune(
                  "output_dir": output_dir, "training.max_steps": max_steps, "training.num_train_epochs": epochs,
                  "data.max_seq_length": max_seq_length, "precision": precision}
         cfg = config.build("finetune", recipe, flags, set_)
+        _launch(num_processes)  # after the config is valid: bad settings exit 2 before any launch
         metrics = recipe_module.run(cfg, resume=resume, overwrite=overwrite)
         _print_result(metrics, cfg.output_dir)
 
