@@ -313,6 +313,11 @@ def recipes_ls() -> None:
             first = config.recipe_path(name).read_text(encoding="utf-8").splitlines()[:1]
             command = first[0].lstrip("# ").strip() if first else ""
             print(f"{name:<24} {command}")
+        accelerate = sorted((config.RECIPES_DIR / "accelerate").glob("*.yaml"))
+        if accelerate:
+            print("\nAccelerate configs (accelerate launch --config_file PATH -m llmkit ...):")
+            for path in accelerate:
+                print(f"  {path}")
 
     guarded(go)
 
