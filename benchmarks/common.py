@@ -1,0 +1,225 @@
+"""Helpers shared by the benchmarks: statistics, tables, result files, machine peak, extra corpus, interleaving.
+
+Benchmarks run on shared, noisy machines. Two habits keep comparisons honest:
+- interleave what is compared (A, B, A, B, ...) and report medians, never one run of each;
+- say what the machine was doing (load average before and after).
+`StepRing` interleaves whole training runs step by step: each run lives in its own process, and a
+token passed around a ring lets exactly one of them compute at a time.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import platform
+import statistics
+import sys
+import sysconfig
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+# ---------------------------------------------------------------- statistics and output
+
+
+def summary(values: Sequence[float]) -> dict[str, float]:
+    """Median and quartiles (of at least one value)."""
+    values = sorted(values)
+    if len(values) == 1:
+        return {"median": values[0], "p25": values[0], "p75": values[0], "n": 1}
+    q = statistics.quantiles(values, n=4, method="inclusive")
+    return {"median": statistics.median(values), "p25": q[0], "p75": q[2], "n": len(values)}
+
+
+def table(rows: list[dict[str, Any]], columns: list[tuple[str, str]]) -> str:
+    """A plain-text table; `columns` are (key, header); values are preformatted or formatted here."""
+    def cell(v: Any) -> str:
+        if v is None:
+            return "-"
+        if isinstance(v, float):
+            return f"{v:,.3f}" if abs(v) < 100 else f"{v:,.0f}"
+        return str(v)
+
+    cells = [[cell(r.get(k)) for k, _ in columns] for r in rows]
+    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, (_, h) in enumerate(columns)]
+    line = "  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, ((_, h), w) in enumerate(zip(columns, widths)))
+    out = [line, "-" * len(line)]
+    for c in cells:
+        out.append("  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(c, widths))))
+    return "\n".join(out)
+
+
+def machine() -> dict[str, Any]:
+    import torch
+
+    model = next((line.split(":", 1)[1].strip() for line in _read("/proc/cpuinfo").splitlines()
+                  if line.startswith("model name")), platform.processor())
+    flags = set(next((line.split(":", 1)[1].split() for line in _read("/proc/cpuinfo").splitlines()
+                      if line.startswith("flags")), []))
+    return {"cpu": model, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "avx512_bf16": "avx512_bf16" in flags, "amx_bf16": "amx_bf16" in flags,
+            "torch": torch.__version__, "python": platform.python_version(), "load_average": os.getloadavg()}
+
+
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_text()
+    except OSError:
+        return ""
+
+
+def write_results(name: str, payload: dict[str, Any]) -> Path:
+    """benchmarks/results/NAME-YYYYmmdd-HHMMSS.json (the folder is gitignored)."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path.write_text(json.dumps(payload, indent=2, default=str) + "\n", encoding="utf-8")
+    return path
+
+
+def log(message: str) -> None:
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------- machine peak
+
+
+def peak_matmul_flops(dtype_name: str, n: int = 2048, repeats: int = 8) -> float:
+    """Best FLOP/s of an n x n @ n x n torch.matmul on this machine (all torch threads): the peak to compare to."""
+    import torch
+
+    dtype = getattr(torch, dtype_name)
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    torch.matmul(a, b)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.matmul(a, b)
+        best = min(best, time.perf_counter() - start)
+    return 2 * n ** 3 / best
+
+
+# ---------------------------------------------------------------- more real text
+
+
+def docstring_corpus(max_bytes: int, packages: Sequence[str] = ("numpy", "torch", "transformers", "datasets",
+                                                                "scipy", "pandas", "matplotlib", "sympy")) -> list[str]:
+    """The built-in corpus plus docstring paragraphs of installed packages (read with `ast`, never imported),
+    in a fixed order, up to `max_bytes` of UTF-8 text. Built on the spot; nothing is written to the repository."""
+    from llmkit import data
+
+    docs = list(data.builtin_corpus())
+    size = sum(len(d.encode()) for d in docs)
+    site = Path(sysconfig.get_paths()["purelib"])
+    seen = set(docs)
+    for package in packages:
+        root = site / package
+        if size >= max_bytes or not root.is_dir():
+            continue
+        for path in sorted(root.rglob("*.py")):
+            if "tests" in path.parts or "test" in path.parts:
+                continue
+            try:
+                tree = ast.parse(path.read_bytes())
+            except (SyntaxError, ValueError, OSError):
+                continue
+            for node in ast.walk(tree):
+                if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+                    for para in (ast.get_docstring(node) or "").split("\n\n"):
+                        para = " ".join(para.split())
+                        if len(para.split()) >= 6 and para not in seen and ">>>" not in para:
+                            seen.add(para)
+                            docs.append(para)
+                            size += len(para.encode())
+            if size >= max_bytes:
+                break
+    return docs
+
+
+# ---------------------------------------------------------------- step-by-step interleaving of processes
+
+
+class StepRing:
+    """Lets N processes take turns: member i computes one step, then hands the turn to member i+1.
+
+    Create it in the parent (it holds multiprocessing semaphores), pass it to each child with its index.
+    Each member calls `start()` once before its first step, `step_done()` after every step and `finish()`
+    after its last. `step_done` returns the seconds the member spent since it last got the turn: its own
+    step, with the data loading, logging and callbacks around it, and nothing of the others.
+    """
+
+    def __init__(self, ctx: Any, members: int, timeout_s: float = 3600.0):
+        self.members, self.timeout_s = members, timeout_s
+        self.turns = [ctx.Semaphore(0) for _ in range(members)]
+        self.barrier = ctx.Barrier(members)
+        self.index = 0
+        self._since = 0.0
+
+    def member(self, index: int) -> "StepRing":
+        import copy
+
+        me = copy.copy(self)
+        me.index = index
+        return me
+
+    def start(self) -> None:
+        self.barrier.wait(self.timeout_s)  # everyone loaded: nobody's start-up overlaps anyone's step
+        if self.index == 0:
+            self.turns[0].release()
+        self._wait()
+
+    def step_done(self) -> float:
+        elapsed = time.perf_counter() - self._since
+        self.turns[(self.index + 1) % self.members].release()
+        self._wait()
+        return elapsed
+
+    def finish(self) -> None:
+        self.turns[(self.index + 1) % self.members].release()
+
+    def _wait(self) -> None:
+        if not self.turns[self.index].acquire(timeout=self.timeout_s):
+            raise TimeoutError(f"ring member {self.index}: no turn within {self.timeout_s:.0f} s (a member died?)")
+        self._since = time.perf_counter()
+
+
+def run_ring(targets: list[tuple[str, Callable[..., None], tuple]], timeout_s: float = 3600.0) -> None:
+    """Run each (name, function, args) in its own spawned process as a member of one StepRing.
+
+    The function is called as fn(ring, *args). If one process fails, the others are stopped and an error raised.
+    """
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    ring = StepRing(ctx, len(targets), timeout_s)
+    procs = []
+    for i, (name, fn, args) in enumerate(targets):
+        p = ctx.Process(target=fn, args=(ring.member(i), *args), name=name)
+        p.start()
+        procs.append(p)
+    failed = None
+    while any(p.is_alive() for p in procs):  # the ring (its named semaphores) must outlive every member
+        for p in procs:
+            p.join(timeout=1.0)
+            if p.exitcode not in (None, 0) and failed is None:
+                failed = p
+        if failed is not None:
+            for p in procs:
+                if p.is_alive():
+                    p.terminate()
+            for p in procs:
+                p.join()
+            raise RuntimeError(f"benchmark process '{failed.name}' failed (exit code {failed.exitcode}); see its "
+                               f"messages above")
+
+
+def in_fresh_process(fn: Callable[..., Any], *args: Any) -> Any:
+    """fn(*args) in a new spawned process (nothing imported or cached in memory beforehand); returns its result."""
+    import multiprocessing as mp
+
+    with mp.get_context("spawn").Pool(1) as pool:
+        return pool.apply(fn, args)

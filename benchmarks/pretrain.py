@@ -1,0 +1,473 @@
+"""Benchmark: `llmkit pretrain` versus plain Hugging Face (the `run_mlm.py` way), side by side.
+
+    python benchmarks/pretrain.py --quick    # ~5 min: llmkit vs plain HF, 12 steps (3 warm-up), 2 MB of text
+    python benchmarks/pretrain.py            # ~1 h: + ablations of each lever, 150 steps, 5 MB of text
+    python benchmarks/pretrain.py --variants llmkit,hf,hf-bf16,llmkit-compile --steps 40
+
+Same machine, same `mini` BERT (4 x 256, `llmkit.config.SIZES`) with the same initial weights, the same
+WordPiece tokenizer, the same real text (the built-in corpus plus docstrings of installed packages, read
+with `ast`), blocks of 128 tokens, batch 32, the same optimiser settings and schedule. Measured:
+
+1. training throughput (tokens/s): every variant trains in its own process and the processes take turns
+   step by step (`common.StepRing`), so all of them see the same machine load; each step's time includes
+   its data loading, logging and callbacks. Median over the steps after the warm-up ones, and the median of
+   per-round ratios against plain HF;
+2. quality: loss and accuracy of each final model on the same held-out blocks with the same fixed masks,
+   computed the same way for all (full head, fp32), after the same number of training tokens;
+3. data preparation (tokenize + pack/group the texts): cold (empty caches) and cached (second time),
+   each in a fresh process, interleaved;
+4. model FLOPs utilisation: the matmul FLOPs each variant needs per token times its tokens/s, as a fraction
+   of this machine's measured peak bf16 and fp32 `torch.matmul` FLOP/s.
+
+The llmkit side is the real `llmkit.pretrain.run(cfg)`; the benchmark only adds a timing callback to its
+trainer. The plain-HF side follows `run_mlm.py`: `datasets.map` tokenization, `group_texts` into 128-token
+blocks, `DataCollatorForLanguageModeling`, the stock `Trainer`, `BertForMaskedLM` with HF's default
+attention (SDPA) and fp32. Results go to benchmarks/results/pretrain-*.json (gitignored).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # `common`, also in spawned workers
+import common  # noqa: E402
+
+from llmkit.config import SIZES  # noqa: E402 - light (no torch)
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
+
+WORK = common.RESULTS / "work-pretrain"
+SEQ, BATCH, SIZE, VOCAB, SEED = 128, 32, "mini", 16000, 42
+OPTIM = {"learning_rate": 5e-4, "weight_decay": 0.01, "warmup_steps": 0.06}  # llmkit's pretrain defaults, both sides
+MLM_PROBABILITY = 0.15
+
+# name: (side, llmkit --set items or HF TrainingArguments extras, what it shows)
+VARIANTS: dict[str, tuple[str, Any, str]] = {
+    "llmkit": ("llmkit", [], "llmkit pretrain as shipped: masked-positions head, SDPA, bf16 autocast (auto)"),
+    "llmkit-fp32": ("llmkit", ["precision=fp32"], "without bf16 autocast"),
+    "llmkit-fullhead": ("llmkit", ["mlm.sparse_head=false"], "without the masked-positions head"),
+    "llmkit-eager": ("llmkit", ["model.attn_implementation=eager"], "eager attention instead of SDPA"),
+    "llmkit-compile": ("llmkit", ["training.torch_compile=true"], "plus torch.compile (compile time excluded)"),
+    "llmkit-seed2": ("llmkit", [f"seed={SEED + 1}"], "another seed (initial weights, data order, masks)"),
+    "hf": ("hf", {}, "plain HF, run_mlm.py way: full head, SDPA (HF default), fp32"),
+    "hf-bf16": ("hf", {"bf16": True, "use_cpu": True}, "plain HF with bf16 autocast"),
+    "hf-seed2": ("hf", {"seed": SEED + 1}, "plain HF, another seed: with llmkit-seed2, the seed-to-seed spread"),
+}
+QUICK = {"steps": 12, "warmup": 3, "corpus_mb": 2.0, "eval_blocks": 32, "prep_repeats": 1, "variants": "llmkit,hf"}
+FULL = {"steps": 150, "warmup": 5, "corpus_mb": 5.0, "eval_blocks": 256, "prep_repeats": 3,
+        "variants": "llmkit,llmkit-fp32,llmkit-fullhead,llmkit-eager,hf,llmkit-seed2,hf-seed2"}
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="a few minutes: llmkit vs HF only, few steps, 2 MB")
+    p.add_argument("--steps", type=int, help="optimizer steps per variant")
+    p.add_argument("--warmup", type=int, help="first steps left out of the timing")
+    p.add_argument("--variants", help=f"comma-separated, from: {', '.join(VARIANTS)}")
+    p.add_argument("--corpus-mb", type=float, help="MB of text (built-in corpus + package docstrings)")
+    p.add_argument("--eval-blocks", type=int, help="held-out 128-token blocks for the quality comparison")
+    p.add_argument("--prep-repeats", type=int, help="cold/cached data-preparation repeats per side")
+    p.add_argument("--skip-prep", action="store_true", help="skip the data-preparation timing")
+    p.add_argument("--threads", type=int, help="torch threads for every variant and the peak (default: torch's, "
+                   "one per core); on a machine busy with other work, 1 avoids threads stalling on each other")
+    a = p.parse_args(argv)
+    opts = dict(QUICK if a.quick else FULL)
+    for key in opts:
+        if getattr(a, key, None) is not None:
+            opts[key] = getattr(a, key)
+    variants = [v.strip() for v in opts["variants"].split(",") if v.strip()]
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown or "hf" not in variants:
+        p.error(f"--variants must include hf and name only: {', '.join(VARIANTS)} (got {unknown or variants})")
+
+    if a.threads:
+        os.environ["OMP_NUM_THREADS"] = str(a.threads)  # inherited by every spawned worker
+        import torch
+
+        torch.set_num_threads(a.threads)
+    opts["threads"] = a.threads
+    started = time.time()
+    host = common.machine()
+    common.log(f"{host['cpu']}, {host['cores']} cores, torch {host['torch']} with {host['torch_threads']} threads, "
+               f"load average {host['load_average'][0]:.1f}")
+    if host["load_average"][0] > host["cores"] and not a.threads:
+        common.log("warning: the machine is busy (load average above the core count): multi-threaded steps stall "
+                   "on descheduled threads, which hits many small ops hardest; --threads 1 measures more stably")
+
+    # 1. data, tokenizer and the fixed held-out batches, shared by every variant
+    setup = prepare_inputs(opts["corpus_mb"], opts["eval_blocks"])
+    setup.update(steps=opts["steps"], warmup=opts["warmup"])
+    if opts["steps"] * BATCH > 0.95 * setup["train_blocks"]:
+        common.log(f"warning: {opts['steps']} steps of {BATCH} blocks reach the end of the first epoch "
+                   f"({setup['train_blocks']} blocks), where the two sides' last blocks differ; give more --corpus-mb")
+
+    # 2. data preparation: cold and cached, each side in fresh processes, interleaved
+    prep = {} if a.skip_prep else time_preparation(setup, opts["prep_repeats"])
+
+    # 3. the machine's peak matmul FLOP/s (before training; measured again after, the best is kept)
+    peak = measure_peak({})
+
+    # 4. training, all variants taking turns step by step
+    results_dir = WORK / "runs"
+    shutil.rmtree(results_dir, ignore_errors=True)
+    results_dir.mkdir(parents=True)
+    common.log(f"training {', '.join(variants)}: {opts['steps']} steps each of {BATCH} x {SEQ} tokens, "
+               f"taking turns step by step")
+    common.run_ring([(v, train_variant, (v, setup, str(results_dir))) for v in variants])
+    runs = {v: json.loads((results_dir / f"{v}.json").read_text()) for v in variants}
+    peak = measure_peak(peak)
+
+    # 5. report
+    report = summarise(runs, setup, peak, prep, opts, host, time.time() - started)
+    path = common.write_results("pretrain" + ("-quick" if a.quick else ""), report)
+    print_report(report)
+    print(f"\nresults: {path}")
+
+
+def measure_peak(best: dict[str, float]) -> dict[str, float]:
+    """The best matmul FLOP/s seen so far (peak is a maximum: a busy moment only lowers a measurement)."""
+    return {d: max([best.get(d, 0.0)] + [common.peak_matmul_flops(d, n) for n in (1024, 2048)])
+            for d in ("bfloat16", "float32")}
+
+
+# ---------------------------------------------------------------- inputs
+
+
+def prepare_inputs(corpus_mb: float, eval_blocks: int) -> dict[str, Any]:
+    """Corpus files (jsonl, read by both sides), the tokenizer, and fixed masked held-out batches; cached in WORK."""
+    import torch
+    from transformers import DataCollatorForLanguageModeling
+
+    from llmkit import data, modeling
+
+    texts = common.docstring_corpus(int(corpus_mb * 1e6))
+    train, held = data.split_eval(texts, 0.03, seed=0)
+    key = hashlib.sha256(f"{data.texts_fingerprint(texts)}-{VOCAB}-{eval_blocks}".encode()).hexdigest()[:16]
+    folder = WORK / f"inputs-{key}"
+    files = {"train": folder / "train.jsonl", "eval": folder / "eval.jsonl", "tokenizer": folder / "tokenizer",
+             "batches": folder / "eval_batches.pt"}
+    if not files["batches"].is_file():
+        common.log(f"building inputs in {folder}")
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        for name, docs in (("train", train), ("eval", held)):
+            files[name].write_text("".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in docs), "utf-8")
+        tokenizer = modeling.train_tokenizer(train, VOCAB, lowercase=True)
+        tokenizer.save_pretrained(str(files["tokenizer"]))
+        blocks = data.build_blocks(tokenizer, held, SEQ, packing=True)
+        full = [i for i in range(len(blocks)) if blocks.lengths()[i] == SEQ][:eval_blocks]
+        if len(full) < eval_blocks:
+            raise SystemExit(f"only {len(full)} held-out blocks; lower --eval-blocks or raise --corpus-mb")
+        collator = DataCollatorForLanguageModeling(tokenizer=tokenizer, mlm_probability=MLM_PROBABILITY, seed=SEED)
+        batches = [collator([{"input_ids": blocks[i]["input_ids"], "special_tokens_mask": blocks[i]["special_tokens_mask"]}
+                             for i in full[k:k + 64]]) for k in range(0, len(full), 64)]
+        torch.save([{k: v for k, v in b.items()} for b in batches], files["batches"])
+    tokenizer = modeling.load_tokenizer(str(files["tokenizer"]))
+    batches = torch.load(files["batches"])
+    tokens = sum(b["input_ids"].numel() for b in batches)
+    labelled = sum(int(b["labels"].ne(-100).sum()) for b in batches)
+    train_tokens = sum(len(x) for x in data.encode(tokenizer, train, None)[0])
+    return {
+        **{k: str(v) for k, v in files.items()},
+        "corpus_bytes": sum(len(t.encode()) for t in texts), "train_texts": len(train), "eval_texts": len(held),
+        "train_tokens": train_tokens, "train_blocks": train_tokens // SEQ,
+        "vocab": len(tokenizer), "eval_tokens": tokens, "eval_labelled": labelled, "labelled_fraction": labelled / tokens,
+    }
+
+
+# ---------------------------------------------------------------- data preparation timing
+
+
+def hf_features(raw: Any, tokenizer: Any, max_seq_length: int) -> Any:
+    """Tokenize and group texts exactly as `run_mlm.py` does (without line_by_line)."""
+    column_names = list(raw["train"].features)
+    text_column_name = "text" if "text" in column_names else column_names[0]
+
+    def tokenize_function(examples):
+        return tokenizer(examples[text_column_name], return_special_tokens_mask=True)
+
+    tokenized = raw.map(tokenize_function, batched=True, num_proc=None, remove_columns=column_names,
+                        load_from_cache_file=True, desc="Running tokenizer on every text in dataset")
+
+    def group_texts(examples):
+        concatenated = {k: [t for seq in examples[k] for t in seq] for k in examples.keys()}
+        total_length = len(concatenated[list(examples.keys())[0]])
+        total_length = (total_length // max_seq_length) * max_seq_length
+        return {k: [t[i: i + max_seq_length] for i in range(0, total_length, max_seq_length)]
+                for k, t in concatenated.items()}
+
+    return tokenized.map(group_texts, batched=True, num_proc=None, load_from_cache_file=True,
+                         desc=f"Grouping texts in chunks of {max_seq_length}")
+
+
+def prep_once(side: str, cache: str, setup: dict[str, Any]) -> dict[str, float]:
+    """One data preparation in this (fresh) process with `cache` as every cache; seconds for loading and for
+    tokenize + pack."""
+    os.environ["LLMKIT_CACHE"] = os.environ["HF_DATASETS_CACHE"] = cache
+    import datasets  # noqa: F401 - imported before the clock starts, as in a real run
+
+    from llmkit import config, data, modeling
+
+    tokenizer = modeling.load_tokenizer(setup["tokenizer"])
+    start = time.perf_counter()
+    if side == "llmkit":
+        cfg = config.build("pretrain").data
+        train, _ = data.load_texts([setup["train"]], cfg)
+        held, _ = data.load_texts([setup["eval"]], cfg)
+        loaded = time.perf_counter()
+        blocks = data.cached_blocks(tokenizer, train, cfg, False)
+        data.cached_blocks(tokenizer, held, cfg, False)
+        n = len(blocks)
+    else:
+        raw = datasets.load_dataset("json", data_files={"train": setup["train"], "validation": setup["eval"]})
+        loaded = time.perf_counter()
+        n = len(hf_features(raw, tokenizer, SEQ)["train"])
+    return {"load_s": loaded - start, "prep_s": time.perf_counter() - loaded, "train_blocks": n}
+
+
+def time_preparation(setup: dict[str, Any], repeats: int) -> dict[str, Any]:
+    out: dict[str, dict[str, list]] = {s: {"cold": [], "cached": []} for s in ("llmkit", "hf")}
+    for r in range(repeats):
+        for side in (("llmkit", "hf") if r % 2 == 0 else ("hf", "llmkit")):
+            cache = WORK / f"prep-cache-{side}"
+            shutil.rmtree(cache, ignore_errors=True)
+            for state in ("cold", "cached"):
+                result = common.in_fresh_process(prep_once, side, str(cache), setup)
+                out[side][state].append(result)
+                common.log(f"data preparation {side} {state}: load {result['load_s']:.2f} s, tokenize+pack "
+                           f"{result['prep_s']:.2f} s ({result['train_blocks']:,} training blocks)")
+            shutil.rmtree(cache, ignore_errors=True)
+    return {side: {state: {"prep_s": common.summary([x["prep_s"] for x in runs]),
+                           "load_s": common.summary([x["load_s"] for x in runs]),
+                           "train_blocks": runs[0]["train_blocks"]} for state, runs in states.items()}
+            for side, states in out.items()}
+
+
+# ---------------------------------------------------------------- training workers (one process each)
+
+
+def ring_timer(ring: common.StepRing) -> Any:
+    from transformers import TrainerCallback
+
+    class RingTimer(TrainerCallback):
+        """Takes turns with the other variants and records each step's time; notes the matmul dtype used."""
+
+        def __init__(self):
+            self.step_s: list[float] = []  # whole steps: data loading, compute, logging, callbacks
+            self.compute_s: list[float] = []  # on_step_begin -> on_step_end: forward, backward, optimizer
+            self.checksum = None
+            self.matmul_dtype = None
+            self._begin = 0.0
+
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            import torch
+
+            with torch.no_grad():
+                self.checksum = float(sum(p.double().sum() for p in model.parameters()))
+            layer = model.bert.encoder.layer[0].intermediate.dense
+
+            def note(module, inputs, output):
+                self.matmul_dtype = str(output.dtype)
+                handle.remove()
+
+            handle = layer.register_forward_hook(note)
+            ring.start()
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            self._begin = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.compute_s.append(time.perf_counter() - self._begin)
+            self.step_s.append(ring.step_done())
+
+        def on_train_end(self, args, state, control, **kwargs):
+            ring.finish()
+
+    return RingTimer()
+
+
+def train_variant(ring: common.StepRing, name: str, setup: dict[str, Any], out_dir: str) -> None:
+    os.environ["LLMKIT_CACHE"] = os.environ["HF_DATASETS_CACHE"] = str(WORK / "cache")
+    import torch
+
+    side, extra, _ = VARIANTS[name]
+    run_dir = Path(out_dir) / name
+    timer = ring_timer(ring)
+    own_metrics: dict[str, Any] = {}
+    if side == "llmkit":
+        from transformers import AutoModelForMaskedLM, pipeline
+
+        from llmkit import config, pretrain, training
+
+        cfg = config.build("pretrain", flags={
+            "data.train": [setup["train"]], "data.eval": [setup["eval"]], "model.tokenizer": setup["tokenizer"],
+            "model.size": SIZE, "data.max_seq_length": SEQ, "output_dir": str(run_dir)},
+            sets=[f"seed={SEED}", f"training.max_steps={setup['steps']}", f"training.per_device_train_batch_size={BATCH}",
+                  "training.eval_strategy='no'", "training.save_strategy='no'", "training.logging_steps=25",
+                  "data.max_eval_samples=64", f"mlm.probability={MLM_PROBABILITY}"]
+            + [f"training.{k}={v}" for k, v in OPTIM.items()] + list(extra))
+
+        class TimedMLMTrainer(training.MLMTrainer):  # the one addition to the real run: the timing callback
+            def __init__(self, *a, **kw):
+                super().__init__(*a, **kw)
+                self.add_callback(timer)
+
+        training.MLMTrainer = TimedMLMTrainer
+        own_metrics = pretrain.run(cfg, overwrite=True)
+        model = AutoModelForMaskedLM.from_pretrained(str(run_dir))  # the run directory loads as plain HF
+        fill = pipeline("fill-mask", model=str(run_dir), device="cpu")
+        assert len(fill(f"The function returns a {fill.tokenizer.mask_token} of the values.")) == 5
+    else:
+        model = train_plain_hf(name, extra, setup, run_dir, timer)
+    quality = evaluate_fixed(model, torch.load(setup["batches"]))
+    result = {"variant": name, "step_s": timer.step_s, "compute_s": timer.compute_s, "init_checksum": timer.checksum,
+              "matmul_dtype": timer.matmul_dtype, "torch_threads": torch.get_num_threads(), "eval": quality,
+              "own_metrics": own_metrics}
+    (Path(out_dir) / f"{name}.json").write_text(json.dumps(result, default=str))
+
+
+def train_plain_hf(name: str, extra: dict[str, Any], setup: dict[str, Any], run_dir: Path, timer: Any) -> Any:
+    """The `run_mlm.py` way: datasets + map + group_texts, DataCollatorForLanguageModeling, stock Trainer."""
+    import datasets
+    from transformers import (AutoModelForMaskedLM, AutoTokenizer, BertConfig, DataCollatorForLanguageModeling,
+                              Trainer, TrainingArguments, set_seed)
+
+    args = TrainingArguments(**{
+        "output_dir": str(run_dir), "per_device_train_batch_size": BATCH, "max_steps": setup["steps"], "seed": SEED,
+        "save_strategy": "no", "logging_steps": 25, "report_to": "none", "disable_tqdm": True, **OPTIM, **extra})
+    set_seed(args.seed)
+    raw = datasets.load_dataset("json", data_files={"train": setup["train"], "validation": setup["eval"]})
+    tokenizer = AutoTokenizer.from_pretrained(setup["tokenizer"])
+    layers, hidden = SIZES[SIZE]
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=hidden, num_hidden_layers=layers,
+                        num_attention_heads=hidden // 64, intermediate_size=4 * hidden, max_position_embeddings=512,
+                        pad_token_id=tokenizer.pad_token_id)
+    model = AutoModelForMaskedLM.from_config(config)
+    train_dataset = hf_features(raw, tokenizer, SEQ)["train"]
+    collator = DataCollatorForLanguageModeling(tokenizer=tokenizer, mlm_probability=MLM_PROBABILITY)
+    trainer = Trainer(model=model, args=args, train_dataset=train_dataset, processing_class=tokenizer,
+                      data_collator=collator, callbacks=[timer])
+    trainer.train()
+    return trainer.model
+
+
+def evaluate_fixed(model: Any, batches: list[dict[str, Any]]) -> dict[str, float]:
+    """Token-level loss and accuracy on fixed masked batches: full head, fp32, the same for every variant."""
+    import torch
+    import torch.nn.functional as F
+
+    model = model.float().eval()
+    loss_sum, correct, count = 0.0, 0, 0
+    with torch.inference_mode():
+        for b in batches:
+            logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
+            where = b["labels"].ne(-100)
+            loss_sum += F.cross_entropy(logits[where].float(), b["labels"][where], reduction="sum").item()
+            correct += int(logits[where].argmax(-1).eq(b["labels"][where]).sum())
+            count += int(where.sum())
+    return {"loss": loss_sum / count, "accuracy": correct / count, "labelled_tokens": count}
+
+
+# ---------------------------------------------------------------- report
+
+
+def flops_per_token(sparse: bool, setup: dict[str, Any]) -> float:
+    """Matmul FLOPs of one training token (forward + backward = 3 x forward) of the mini BERT.
+
+    Per layer: QKV, output, FFN = 24 h^2 and attention 4 s h; the head (transform 2 h^2 + decoder 2 h V) runs on
+    every token (full head) or on the masked ones only (llmkit's masked-positions head)."""
+    layers, hidden = SIZES[SIZE]
+    encoder = layers * (24 * hidden ** 2 + 4 * SEQ * hidden)
+    head = 2 * hidden ** 2 + 2 * hidden * setup["vocab"]
+    return 3 * (encoder + head * (setup["labelled_fraction"] if sparse else 1.0))
+
+
+def summarise(runs: dict[str, Any], setup: dict[str, Any], peak: dict[str, float], prep: dict[str, Any],
+              opts: dict[str, Any], host: dict[str, Any], wall_s: float) -> dict[str, Any]:
+    warm = setup["warmup"]
+    tokens_per_step = BATCH * SEQ
+    hf_steps = runs["hf"]["step_s"][warm:]
+    rows = []
+    for name, r in runs.items():
+        steps = r["step_s"][warm:]
+        stats = common.summary(steps)
+        tps = tokens_per_step / stats["median"]
+        sparse = VARIANTS[name][0] == "llmkit" and "mlm.sparse_head=false" not in VARIANTS[name][1]
+        fpt = flops_per_token(sparse, setup)
+        rows.append({
+            "variant": name, "what": VARIANTS[name][2], "tokens_per_s": tps,
+            "tokens_per_s_p25_p75": [tokens_per_step / stats["p75"], tokens_per_step / stats["p25"]],
+            "step_s": stats, "vs_hf": tps / (tokens_per_step / statistics.median(hf_steps)),
+            "outside_compute_ms": 1000 * statistics.median(s - c for s, c in zip(steps, r["compute_s"][warm:])),
+            "vs_hf_paired": statistics.median(h / s for h, s in zip(hf_steps, steps)),
+            "eval_loss": r["eval"]["loss"], "eval_accuracy": r["eval"]["accuracy"],
+            "own_eval_loss": r["own_metrics"].get("eval_loss"), "matmul_dtype": r["matmul_dtype"],
+            "flops_per_token": fpt, "achieved_flops": fpt * tps,
+            "mfu_bf16": fpt * tps / peak["bfloat16"], "mfu_fp32": fpt * tps / peak["float32"],
+            "seed": variant_seed(name),
+        })
+    by_seed: dict[int, set] = {}
+    for name, r in runs.items():
+        by_seed.setdefault(variant_seed(name), set()).add(round(r["init_checksum"], 6))
+    same_init = all(len(sums) == 1 for sums in by_seed.values())
+    return {"benchmark": "pretrain", "options": opts, "machine": {**host, "load_average_end": os.getloadavg()},
+            "wall_s": wall_s, "model": {"size": SIZE, "seq": SEQ, "batch": BATCH, **OPTIM},
+            "data": {k: v for k, v in setup.items() if not k.endswith(("train", "eval", "tokenizer", "batches"))},
+            "training_tokens_each": setup["steps"] * tokens_per_step, "peak_flops": peak,
+            "same_initial_weights_per_seed": same_init, "variants": rows, "data_preparation": prep}
+
+
+def variant_seed(name: str) -> int:
+    side, extra, _ = VARIANTS[name]
+    if side == "hf":
+        return extra.get("seed", SEED)
+    return next((int(x.split("=")[1]) for x in extra if x.startswith("seed=")), SEED)
+
+
+def print_report(report: dict[str, Any]) -> None:
+    d, o = report["data"], report["options"]
+    print(f"\npretrain benchmark: {SIZE} BERT, seq {SEQ}, batch {BATCH}, {o['steps']} steps each "
+          f"({report['training_tokens_each']:,} tokens), timing over steps {o['warmup'] + 1}-{o['steps']}; "
+          f"{d['corpus_bytes'] / 1e6:.1f} MB of text, vocabulary {d['vocab']:,}")
+    m = report["machine"]
+    print(f"machine: {m['cpu']}, {m['cores']} cores, {m['torch_threads']} torch thread(s), load average {m['load_average'][0]:.1f} at start, "
+          f"{m['load_average_end'][0]:.1f} at end; peak matmul bf16 {report['peak_flops']['bfloat16'] / 1e9:.0f} "
+          f"GFLOP/s, fp32 {report['peak_flops']['float32'] / 1e9:.0f} GFLOP/s\n")
+    rows = [{**r, "iqr": f"{r['tokens_per_s_p25_p75'][0]:,.0f}-{r['tokens_per_s_p25_p75'][1]:,.0f}",
+             "ratio": f"{r['vs_hf']:.2f}x", "paired": f"{r['vs_hf_paired']:.2f}x",
+             "mfu16": f"{100 * r['mfu_bf16']:.1f}%", "mfu32": f"{100 * r['mfu_fp32']:.1f}%",
+             "gflops": r["achieved_flops"] / 1e9, "dtype": (r["matmul_dtype"] or "").replace("torch.", "")}
+            for r in report["variants"]]
+    print(common.table(rows, [("variant", "variant"), ("tokens_per_s", "tok/s (median)"), ("iqr", "p25-p75"),
+                              ("ratio", "vs hf"), ("paired", "paired"), ("eval_loss", "eval loss"),
+                              ("eval_accuracy", "eval acc"), ("dtype", "matmul"), ("gflops", "GFLOP/s"),
+                              ("mfu16", "of bf16 peak"), ("mfu32", "of fp32 peak"),
+                              ("outside_compute_ms", "data+log ms/step")]))
+    print("\n" + "\n".join(f"  {r['variant']}: {r['what']}" for r in report["variants"]))
+    print(f"  variants with the same seed started from identical weights: "
+          f"{'yes' if report['same_initial_weights_per_seed'] else 'NO'}")
+    prep = report["data_preparation"]
+    if prep:
+        print(f"\ndata preparation (tokenize + pack {d['corpus_bytes'] / 1e6:.1f} MB; median of {o['prep_repeats']}):")
+        for side, states in prep.items():
+            print(f"  {side:7s} cold {states['cold']['prep_s']['median']:7.2f} s   cached "
+                  f"{states['cached']['prep_s']['median']:6.2f} s   (loading the texts: cold "
+                  f"{states['cold']['load_s']['median']:.2f} s, cached {states['cached']['load_s']['median']:.2f} s)")
+
+
+if __name__ == "__main__":
+    main()
