@@ -113,6 +113,9 @@ def run(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> dict[s
         model=model, args=args, data_collator=collator, train_dataset=train_features, eval_dataset=eval_features,
         processing_class=tokenizer, compute_metrics=metrics.for_trainer(problem, names), callbacks=callbacks)
     trainer.remove_callback(transformers.trainer_callback.PrinterCallback)
+    # Classification heads take **kwargs but ignore num_items_in_batch and return a per-batch mean; told
+    # otherwise, the Trainer would scale that mean by the process count and skip the accumulation division.
+    trainer.model_accepts_loss_kwargs = False
     effective_batch = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
     log(f"batch: {args.per_device_train_batch_size} per device x {args.gradient_accumulation_steps} accumulation x "
         f"{args.world_size} process(es) = {effective_batch} examples per step; best model by eval {metric}")

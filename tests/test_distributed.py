@@ -259,9 +259,6 @@ def test_finetune_with_num_processes(finetuned):
 
 @pytest.mark.slow
 @pytest.mark.multiprocess
-@pytest.mark.xfail(strict=True, reason="BertForSequenceClassification takes **kwargs but ignores "
-                   "num_items_in_batch, so the Trainer (average_tokens_across_devices) multiplies its mean loss "
-                   "by the process count: finetune must set trainer.model_accepts_loss_kwargs = False")
 def test_finetune_loss_is_not_scaled_by_the_process_count(finetuned):
     out, result = finetuned
     assert result.returncode == 0, result.stderr[-3000:]
