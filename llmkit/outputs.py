@@ -102,7 +102,8 @@ def prepare(cfg: Any, resume: bool, overwrite: bool, resumable_changes: set[str]
 
 
 def check_resumable(run_dir: RunDir, cfg: Any, resumable_changes: set[str]) -> None:
-    """A run resumes only with the configuration it started with (up to `resumable_changes`)."""
+    """A run resumes only with the configuration it started with (up to `resumable_changes`; a moved
+    run directory resumes too)."""
     from llmkit import config as config_lib
 
     started = run_dir.checkpoints / STARTED
