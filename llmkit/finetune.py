@@ -15,7 +15,7 @@ from llmkit import config as config_lib
 from llmkit import data, metrics, outputs
 from llmkit.predict import interpret, pick_text_columns, write_records
 from llmkit.config import RunConfig
-from llmkit.errors import ConfigError, DataError, ModelError, RunError
+from llmkit.errors import ConfigError, DataError, ModelError
 from llmkit.training import log
 
 USAGE = """\
@@ -121,20 +121,7 @@ def run(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> dict[s
         f"{args.world_size} process(es) = {effective_batch} examples per step; best model by eval {metric}")
 
     # 7. train (Ctrl-C / SIGTERM save a checkpoint; a non-finite loss stops without saving)
-    if trainer.is_world_process_zero() and not run_dir.resume_from:
-        outputs.start(run_dir, config_lib.dump(cfg))
-    guard.install()
-    try:
-        result = trainer.train(resume_from_checkpoint=run_dir.resume_from)
-    finally:
-        guard.uninstall()
-    if guard.nonfinite_step is not None:
-        last = outputs.last_checkpoint(run_dir.path)
-        raise RunError(f"The training loss became NaN/inf at step {guard.nonfinite_step}; stopped. Last good "
-                       f"checkpoint: {last or 'none'}. Lower training.learning_rate or use --set precision=fp32.")
-    if guard.interrupted:
-        raise RunError(f"Interrupted ({guard.interrupted}) at step {trainer.state.global_step}; checkpoint saved in "
-                       f"{outputs.last_checkpoint(run_dir.path)}. Resume with the same command plus --resume.")
+    result = training.train(trainer, guard, run_dir, config_lib.dump(cfg))
 
     # 8. save the (best) model, predict the evaluation set with it as `llmkit predict` would, and publish
     staging = outputs.stage_model(run_dir, trainer, tokenizer)

@@ -9,7 +9,7 @@ from typing import Any
 from llmkit import config as config_lib
 from llmkit import data, outputs
 from llmkit.config import RunConfig
-from llmkit.errors import ConfigError, DataError, RunError
+from llmkit.errors import ConfigError, DataError
 from llmkit.training import log
 
 USAGE = """\
@@ -99,20 +99,7 @@ def run(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> dict[s
         f"{args.world_size} process(es) = {effective_batch} sequences per step")
 
     # 7. train (Ctrl-C / SIGTERM save a checkpoint; a non-finite loss stops without saving)
-    if trainer.is_world_process_zero():
-        outputs.start(run_dir, config_lib.dump(cfg)) if not run_dir.resume_from else None
-    guard.install()
-    try:
-        result = trainer.train(resume_from_checkpoint=run_dir.resume_from)
-    finally:
-        guard.uninstall()
-    if guard.nonfinite_step is not None:
-        last = outputs.last_checkpoint(run_dir.path)
-        raise RunError(f"The training loss became NaN/inf at step {guard.nonfinite_step}; stopped. Last good "
-                       f"checkpoint: {last or 'none'}. Lower training.learning_rate or use --set precision=fp32.")
-    if guard.interrupted:
-        raise RunError(f"Interrupted ({guard.interrupted}) at step {trainer.state.global_step}; checkpoint saved in "
-                       f"{outputs.last_checkpoint(run_dir.path)}. Resume with the same command plus --resume.")
+    result = training.train(trainer, guard, run_dir, config_lib.dump(cfg))
 
     # 8. evaluate (unless the last step just did) and save the run directory
     if training.effective_batch_size(args, trainer) != effective_batch:

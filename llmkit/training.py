@@ -318,3 +318,25 @@ class GuardCallback(TrainerCallback):
             control.should_save = False
             control.should_evaluate = False
             control.should_training_stop = True
+
+
+def train(trainer: Trainer, guard: GuardCallback, run_dir: Any, config_yaml: str) -> Any:
+    """Record the starting config (a fresh run), train under the guard, and turn a stop into a clear error."""
+    from llmkit import outputs
+    from llmkit.errors import RunError
+
+    if trainer.is_world_process_zero() and not run_dir.resume_from:
+        outputs.start(run_dir, config_yaml)
+    guard.install()
+    try:
+        result = trainer.train(resume_from_checkpoint=run_dir.resume_from)
+    finally:
+        guard.uninstall()
+    if guard.nonfinite_step is not None:
+        last = outputs.last_checkpoint(run_dir.path)
+        raise RunError(f"The training loss became NaN/inf at step {guard.nonfinite_step}; stopped. Last good "
+                       f"checkpoint: {last or 'none'}. Lower training.learning_rate or use --set precision=fp32.")
+    if guard.interrupted:
+        raise RunError(f"Interrupted ({guard.interrupted}) at step {trainer.state.global_step}; checkpoint saved in "
+                       f"{outputs.last_checkpoint(run_dir.path)}. Resume with the same command plus --resume.")
+    return result
