@@ -294,6 +294,10 @@ def build(command: str, recipe: str | None = None, flags: dict[str, Any] | None 
             raise ConfigError(f"Recipe '{recipe}' is for `llmkit {recipe_command}`, not `llmkit {command}`. "
                               f"Run `llmkit {recipe_command} {recipe}`.")
         _check_keys(layer, cfg, "")
+        if (layer.get("data") or {}).get("cache_dir") is not None:
+            # A shared recipe must not pick where llmkit writes outside the run directory.
+            raise ConfigError(f"Recipe '{recipe}' sets data.cache_dir; recipes may not choose paths outside the run "
+                              f"directory. Pass --set data.cache_dir=DIR or set LLMKIT_CACHE instead.")
         _merge(cfg, layer, "")
     for key, value in (flags or {}).items():
         if value is not None:

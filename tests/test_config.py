@@ -116,3 +116,12 @@ def test_resolved_config_round_trips(tmp_path):
     saved.write_text(config.dump(cfg))
     again = config.build("pretrain", str(saved))
     assert again == cfg
+
+
+def test_recipe_cannot_choose_a_cache_outside_the_run(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"command: pretrain\ndata:\n  cache_dir: {tmp_path / 'elsewhere'}\n")
+    with pytest.raises(ConfigError, match="recipes may not choose paths outside"):
+        config.build("pretrain", str(recipe))
+    cfg = config.build("pretrain", sets=[f"data.cache_dir={tmp_path / 'mine'}"])  # the user's own choice
+    assert cfg.data.cache_dir == str(tmp_path / "mine")
