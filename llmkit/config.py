@@ -415,6 +415,8 @@ def check_training_keys(training: dict[str, Any]) -> None:
         if key not in fields:
             raise ConfigError(f"Unknown setting 'training.{key}': not a TrainingArguments field."
                               f"{did_you_mean(key, fields)}")
+        if training[key] is False and isinstance(fields[key].default, str):
+            training[key] = "no"  # YAML 1.1 reads `eval_strategy: no` as false
         if _is_simple(hints.get(key)):
             training[key] = _coerce(training[key], hints[key], f"training.{key}")
 

@@ -125,3 +125,9 @@ def test_recipe_cannot_choose_a_cache_outside_the_run(tmp_path):
         config.build("pretrain", str(recipe))
     cfg = config.build("pretrain", sets=[f"data.cache_dir={tmp_path / 'mine'}"])  # the user's own choice
     assert cfg.data.cache_dir == str(tmp_path / "mine")
+
+
+def test_yaml_no_means_the_string_no_for_strategy_fields():
+    training = {"eval_strategy": False, "save_strategy": "steps"}
+    config.check_training_keys(training)
+    assert training == {"eval_strategy": "no", "save_strategy": "steps"}
