@@ -1,7 +1,8 @@
 """Benchmark: `llmkit pretrain` versus plain Hugging Face (the `run_mlm.py` way), side by side.
 
-    python benchmarks/pretrain.py --quick    # ~5 min: llmkit vs plain HF, 12 steps (3 warm-up), 2 MB of text
-    python benchmarks/pretrain.py            # ~1 h: + ablations of each lever, 150 steps, 5 MB of text
+    python benchmarks/pretrain.py --quick    # 2-3 min: llmkit vs plain HF, 12 steps (3 warm-up), 2 MB of text
+    python benchmarks/pretrain.py            # 30-60 min: + ablations of each lever and a second seed, 150 steps, 5 MB
+    python benchmarks/pretrain.py --threads 1          # on a machine busy with other work (see --help)
     python benchmarks/pretrain.py --variants llmkit,hf,hf-bf16,llmkit-compile --steps 40
 
 Same machine, same `mini` BERT (4 x 256, `llmkit.config.SIZES`) with the same initial weights, the same
