@@ -14,7 +14,7 @@ import os
 import shutil
 import sys
 import sysconfig
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 TEXT_SUFFIXES = {".txt", ".text", ".md"}
 TABLE_BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".tsv": "csv", ".parquet": "parquet"}
 TEXT_COLUMN_GUESSES = ("text", "sentence", "content", "document", "review", "body", "sentence1", "question")
-FEATURES_VERSION = 1  # bump when the layout of cached features changes
+FEATURES_VERSION = 2  # bump when the layout of cached features changes
 
 
 # ---------------------------------------------------------------- the built-in sample corpus
@@ -280,7 +280,11 @@ class Blocks:
 
 def tokenizer_fingerprint(tokenizer: Any) -> str:
     backend = getattr(tokenizer, "backend_tokenizer", None) or getattr(tokenizer, "_tokenizer", None)
-    payload = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
+    if backend is None:
+        payload = json.dumps(sorted(tokenizer.get_vocab().items()))
+    else:  # without the truncation/padding state, which a tokenizer call leaves behind
+        payload = json.dumps({k: v for k, v in json.loads(backend.to_str()).items()
+                              if k not in ("truncation", "padding")}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -338,31 +342,50 @@ def build_blocks(tokenizer: Any, texts: Sequence[str], max_seq_length: int, pack
     return Blocks(flat, offsets, tokenizer.all_special_ids, char_offsets)
 
 
-def cached_blocks(tokenizer: Any, texts: Sequence[str], cfg_data: Any, with_offsets: bool, log=None) -> Blocks:
-    """`build_blocks`, cached on disk by (texts, tokenizer, max length, packing, offsets)."""
-    key = hashlib.sha256(json.dumps({
-        "v": FEATURES_VERSION, "texts": texts_fingerprint(texts), "tok": tokenizer_fingerprint(tokenizer),
-        "len": cfg_data.max_seq_length, "pack": cfg_data.packing, "offsets": with_offsets,
-    }, sort_keys=True).encode()).hexdigest()[:24]
-    folder = cache_root(cfg_data) / "features" / key
-    files = {"ids": folder / "ids.npy", "offsets": folder / "offsets.npy", "chars": folder / "chars.npy"}
-    if files["ids"].is_file() and files["offsets"].is_file() and (not with_offsets or files["chars"].is_file()):
-        if log:
-            log(f"using cached features {folder}")
-        chars = np.load(files["chars"]) if with_offsets else None
-        return Blocks(np.load(files["ids"]), np.load(files["offsets"]), tokenizer.all_special_ids, chars)
-    blocks = build_blocks(tokenizer, texts, cfg_data.max_seq_length, cfg_data.packing, with_offsets)
+def cached_arrays(key: dict[str, Any], cfg_data: Any, build: Callable[[], dict[str, np.ndarray]],
+                  log=None) -> dict[str, np.ndarray]:
+    """`build()` (named numpy arrays), cached on disk under a hash of `key`.
+
+    In a multi-process run the main process builds and writes the cache first (`main_process_first`) and
+    the others load it. The folder appears atomically, so a reader never sees half-written arrays.
+    """
+    digest = hashlib.sha256(json.dumps({"v": FEATURES_VERSION, **key}, sort_keys=True).encode()).hexdigest()[:24]
+    folder = cache_root(cfg_data) / "features" / digest
+    names = folder / "names.json"
+    if names.is_file():
+        try:
+            arrays = {name: np.load(folder / f"{name}.npy") for name in json.loads(names.read_text())}
+            if log:
+                log(f"using cached features {folder}")
+            return arrays
+        except (OSError, ValueError):  # damaged: rebuilt and replaced below
+            shutil.rmtree(folder, ignore_errors=True)
+    arrays = build()
     try:
         tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
         tmp.mkdir(parents=True, exist_ok=True)
-        np.save(tmp / "ids.npy", blocks.ids)
-        np.save(tmp / "offsets.npy", blocks.offsets)
-        if with_offsets:
-            np.save(tmp / "chars.npy", blocks.char_offsets)
+        for name, array in arrays.items():
+            np.save(tmp / f"{name}.npy", array)
+        (tmp / "names.json").write_text(json.dumps(sorted(arrays)))
         if folder.exists():  # another process cached the same features meanwhile
             shutil.rmtree(tmp, ignore_errors=True)
         else:
             os.replace(tmp, folder)
     except OSError as e:  # a read-only cache must not stop a run
         print(f"llmkit: could not write the feature cache ({e}); continuing without it", file=sys.stderr)
-    return blocks
+    return arrays
+
+
+def cached_blocks(tokenizer: Any, texts: Sequence[str], cfg_data: Any, with_offsets: bool, log=None) -> Blocks:
+    """`build_blocks`, cached on disk by (texts, tokenizer, max length, packing, offsets)."""
+    def build() -> dict[str, np.ndarray]:
+        blocks = build_blocks(tokenizer, texts, cfg_data.max_seq_length, cfg_data.packing, with_offsets)
+        arrays = {"ids": blocks.ids, "offsets": blocks.offsets}
+        if with_offsets:
+            arrays["chars"] = blocks.char_offsets
+        return arrays
+
+    key = {"kind": "blocks", "texts": texts_fingerprint(texts), "tok": tokenizer_fingerprint(tokenizer),
+           "len": cfg_data.max_seq_length, "pack": cfg_data.packing, "offsets": with_offsets}
+    arrays = cached_arrays(key, cfg_data, build, log)
+    return Blocks(arrays["ids"], arrays["offsets"], tokenizer.all_special_ids, arrays.get("chars"))

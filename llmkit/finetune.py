@@ -95,9 +95,9 @@ def run(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> dict[s
         f"parameters")
 
     # 5. features: tokenized and truncated, not padded (each batch is padded to its longest text)
-    train_features = features(tokenizer, train, encode_labels(train.labels, problem, names), cfg.data.max_seq_length)
-    eval_features = features(tokenizer, held_out, encode_labels(held_out.labels, problem, names),
-                             cfg.data.max_seq_length)
+    with args.main_process_first(desc="tokenization"):  # the others load what the main process cached
+        train_features = features(tokenizer, train, encode_labels(train.labels, problem, names), cfg.data)
+        eval_features = features(tokenizer, held_out, encode_labels(held_out.labels, problem, names), cfg.data)
     lengths = np.array([len(f["input_ids"]) for f in train_features])
     log(f"features: {len(train_features):,} training examples, {lengths.mean():.0f} tokens on average "
         f"({int((lengths >= cfg.data.max_seq_length).sum()):,} truncated to {cfg.data.max_seq_length})")
@@ -109,7 +109,7 @@ def run(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> dict[s
         callbacks.append(transformers.EarlyStoppingCallback(cfg.finetune.early_stopping_patience))
     collator = transformers.DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8 if args.device.type == "cuda"
                                                     else None)
-    trainer = transformers.Trainer(
+    trainer = training.SeededTrainer(
         model=model, args=args, data_collator=collator, train_dataset=train_features, eval_dataset=eval_features,
         processing_class=tokenizer, compute_metrics=metrics.for_trainer(problem, names), callbacks=callbacks)
     trainer.remove_callback(transformers.trainer_callback.PrinterCallback)
@@ -471,11 +471,28 @@ def load_classifier(cfg: RunConfig, problem: str, names: Sequence[str]) -> tuple
     return model, head + (f"; {note}" if note else "")
 
 
-def features(tokenizer: Any, labeled: Labeled, targets: Sequence[Any], max_length: int) -> list[dict[str, Any]]:
-    """One dict per example (input ids, attention mask, ..., labels), truncated to `max_length`, not padded."""
-    encoded = tokenizer(labeled.texts, labeled.pairs, truncation=True, max_length=max_length)
-    keys = list(encoded.keys())
-    return [{**{k: encoded[k][i] for k in keys}, "labels": targets[i]} for i in range(len(labeled.texts))]
+def features(tokenizer: Any, labeled: Labeled, targets: Sequence[Any], cfg_data: Any) -> list[dict[str, Any]]:
+    """One dict per example (input ids, attention mask, ..., labels), truncated to `max_seq_length`, not padded.
+
+    The tokenized arrays are cached like pretraining features (keyed on texts, pairs, tokenizer and length).
+    """
+    from llmkit import data
+
+    def build() -> dict[str, np.ndarray]:
+        encoded = tokenizer(labeled.texts, labeled.pairs, truncation=True, max_length=cfg_data.max_seq_length)
+        lengths = [len(ids) for ids in encoded["input_ids"]]
+        arrays = {"offsets": np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)}
+        for name, rows in encoded.items():
+            arrays[name] = np.fromiter((v for row in rows for v in row), dtype=np.int64, count=sum(lengths))
+        return arrays
+
+    key = {"kind": "classification", "texts": data.texts_fingerprint(labeled.texts),
+           "pairs": data.texts_fingerprint(labeled.pairs) if labeled.pairs is not None else None,
+           "tok": data.tokenizer_fingerprint(tokenizer), "len": cfg_data.max_seq_length}
+    arrays = data.cached_arrays(key, cfg_data, build, log)
+    offsets = arrays.pop("offsets")
+    return [{**{name: column[offsets[i]:offsets[i + 1]].tolist() for name, column in arrays.items()},
+             "labels": targets[i]} for i in range(len(labeled.texts))]
 
 
 # ---------------------------------------------------------------- results

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from llmkit.errors import ConfigError
 from llmkit.modeling import MaskedPositionsHead
@@ -91,6 +92,45 @@ def effective_batch_size(args: TrainingArguments, trainer: Trainer | None = None
     return per_device * args.gradient_accumulation_steps * args.world_size
 
 
+class SeededTrainer(Trainer):
+    """`Trainer` whose length-grouped batches are drawn from (data seed, epoch) over whole optimizer steps.
+
+    The Trainer's `LengthGroupedSampler` shuffles with the global RNG, whose state after an epoch depends on
+    how much dropout each process drew (its batches have different padded lengths), and groups lengths per
+    process batch. Processes iterate the sampler and each takes its share of every step, so their orders must
+    agree: here the order is seeded per epoch and grouped per optimizer step (per-device batch x processes x
+    accumulation). Shards stay disjoint in every epoch, a resumed run sees the order of an uninterrupted one,
+    and N processes see the examples of each step that 1 process with the same effective batch sees.
+    """
+
+    def _get_train_sampler(self, train_dataset=None):
+        sampler = super()._get_train_sampler(train_dataset)
+        if isinstance(sampler, LengthGroupedSampler):
+            per_device = getattr(self, "_train_batch_size", None) or self.args.train_batch_size
+            step = per_device * self.args.gradient_accumulation_steps * self.args.world_size
+            seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+            grouped = LengthGroupedSampler(step, lengths=sampler.lengths, generator=torch.Generator())
+            sampler = EpochLengthGroupedSampler(grouped, seed)
+        return sampler
+
+
+class EpochLengthGroupedSampler(torch.utils.data.Sampler):
+    """A `LengthGroupedSampler` reseeded with (seed, epoch) at each epoch (the Trainer calls `set_epoch`)."""
+
+    def __init__(self, sampler: LengthGroupedSampler, seed: int):
+        self.sampler, self.seed = sampler, seed
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.generator.manual_seed(self.seed * 1_000_003 + int(epoch))
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self):
+        return iter(self.sampler)
+
+
 # ---------------------------------------------------------------- masked-positions-only MLM loss
 
 
@@ -167,7 +207,7 @@ class MaskingEpochCallback(TrainerCallback):
         self.masking.epoch = int(state.epoch or 0)
 
 
-class MLMTrainer(Trainer):
+class MLMTrainer(SeededTrainer):
     """`Trainer` whose MLM loss is the token-level mean over the whole (accumulated, all-process) batch.
 
     The loss is normalised by `num_items_in_batch` (the masked tokens of every micro-batch of the optimizer
@@ -306,6 +346,11 @@ class GuardCallback(TrainerCallback):
             f"(send it again to stop at once)")
 
     def on_step_end(self, args, state, control, **kwargs):
+        if args.world_size > 1:  # every process stops at the same step, or the others would wait forever
+            stop = torch.tensor([1.0 if self.interrupted else 0.0], device=args.device)
+            torch.distributed.all_reduce(stop, op=torch.distributed.ReduceOp.MAX)
+            if stop.item() and not self.interrupted:
+                self.interrupted = "a signal on another process"
         if self.interrupted:
             control.should_save = True
             control.should_evaluate = False

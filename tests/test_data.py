@@ -140,6 +140,48 @@ def test_cache_key_covers_tokenizer_and_length(tokenizer, tmp_path):
     assert len(list((tmp_path / "features").iterdir())) == 4  # each change made new features
 
 
+def test_cache_key_ignores_the_truncation_state_a_call_leaves(tokenizer, tmp_path):
+    # A tokenizer call with truncation=True changes the backend's settings; a process that loaded features
+    # from the cache (and never called the tokenizer) must compute the same keys as the one that built them.
+    before = data.tokenizer_fingerprint(tokenizer)
+    tokenizer(["alpha beta gamma delta"], truncation=True, max_length=3, padding="max_length")
+    assert data.tokenizer_fingerprint(tokenizer) == before
+
+
+def test_damaged_cache_is_rebuilt(tokenizer, tmp_path):
+    texts = toy_corpus(30)
+    d = cfg_data(cache_dir=str(tmp_path), max_seq_length=16)
+    first = data.cached_blocks(tokenizer, texts, d, with_offsets=False)
+    (folder,) = (tmp_path / "features").iterdir()
+    (folder / "ids.npy").write_bytes(b"not an array")
+    again = data.cached_blocks(tokenizer, texts, d, with_offsets=False)
+    assert np.array_equal(first.ids, again.ids)
+    assert np.array_equal(np.load(folder / "ids.npy"), first.ids)
+
+
+def test_length_grouped_order_is_seeded_per_epoch_not_by_the_global_rng():
+    import torch
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    from llmkit.training import EpochLengthGroupedSampler
+
+    lengths = [(i * 37) % 50 + 1 for i in range(64)]
+
+    def order(epoch: int, global_seed: int) -> list[int]:
+        torch.manual_seed(global_seed)
+        sampler = EpochLengthGroupedSampler(LengthGroupedSampler(8, lengths=lengths, generator=torch.Generator()),
+                                            seed=42)
+        sampler.set_epoch(epoch)
+        return list(sampler)
+
+    assert order(0, 1) == order(0, 2)  # every process agrees, whatever its global RNG went through
+    assert order(1, 1) == order(1, 3) != order(0, 1)  # a new order each epoch
+    assert sorted(order(1, 1)) == list(range(64))
+    first_step = order(0, 1)[:8]  # the step holding the longest example comes first, sorted longest first
+    assert max(lengths) in [lengths[i] for i in first_step]
+    assert [lengths[i] for i in first_step] == sorted((lengths[i] for i in first_step), reverse=True)
+
+
 def test_masking_rate_and_80_10_10_split(tokenizer):
     import torch
     from transformers import DataCollatorForLanguageModeling

@@ -203,12 +203,12 @@ def test_pretrain_under_torchrun(mlm_setup, tmp_path):
     check_two_process_run(result, tmp_path / "run", reference, tmp_path)
 
 
-# ---------------------------------------------------------------- finetune through --num-processes
+# ---------------------------------------------------------------- finetune: --num-processes and torchrun
 
 
 @pytest.fixture(scope="module")
-def finetuned(tmp_path_factory, tiny_mlm):
-    """`llmkit finetune RECIPE --num-processes=2 ...`: 2 x 4 examples per step, 2 epochs of a 3-topic task."""
+def clf_setup(tmp_path_factory, mlm_setup):
+    """A 3-topic task (texts of different lengths), and the 1-process reference: batch 8, 2 epochs."""
     import csv
     import random
 
@@ -222,35 +222,50 @@ def finetuned(tmp_path_factory, tiny_mlm):
             writer.writerow(["sentence", "label"])
             for i in range(n):
                 topic = i % 3
-                writer.writerow([" ".join(rng.choice(WORDS[8 * topic:8 * topic + 8]) for _ in range(6)),
-                                 ["low", "mid", "high"][topic]])
+                words = [rng.choice(WORDS[8 * topic:8 * topic + 8]) for _ in range(rng.randint(3, 12))]
+                writer.writerow([" ".join(words), ["low", "mid", "high"][topic]])
     recipe = folder / "topics.yaml"
     recipe.write_text("# llmkit finetune topics.yaml --data train.csv --model MODEL\ncommand: finetune\n"
-                      "data:\n  max_seq_length: 32\ntraining:\n  per_device_train_batch_size: 4\n"
-                      "  learning_rate: 5.0e-3\n  logging_steps: 5\n", encoding="utf-8")
-    out = folder / "run"
-    result = run_cli("finetune", recipe, "--num-processes=2", "--data", folder / "train.csv", "--eval-data",
-                     folder / "dev.csv", "--model", tiny_mlm, "-o", out, "--epochs", "2", env=cpu_env(folder))
-    return out, result
-
-
-@pytest.mark.slow
-@pytest.mark.multiprocess
-def test_finetune_with_num_processes(finetuned):
-    out, result = finetuned
+                      "data:\n  max_seq_length: 32\nprecision: fp32\ntraining:\n  learning_rate: 5.0e-3\n"
+                      "  logging_steps: 4\n", encoding="utf-8")
+    model = mlm_setup[0]  # no dropout: 1 and 2 processes can then train exactly the same model
+    common = [recipe, "--data", folder / "train.csv", "--eval-data", folder / "dev.csv", "--model", model,
+              "--epochs", "2"]
+    reference = folder / "one-process"
+    result = run_cli("finetune", *common, "-o", reference, "--set", "training.per_device_train_batch_size=8",
+                     env=cpu_env(folder / "one"))
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "llmkit: launching 2 processes" in result.stderr
-    assert "accelerate launch --multi_gpu --num_processes 2 " in result.stderr and "--num-processes" not in \
-        result.stderr.split("llmkit: launching", 1)[1].splitlines()[0]
+    return common, json.loads((reference / "metrics.json").read_text())
+
+
+def check_two_process_finetune(result, out: Path, reference: dict, tmp: Path) -> None:
+    assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("\n") == 1 and result.stderr.count("llmkit: saved to") == 1
+    assert result.stderr.count("llmkit: data:") == 1
+    assert "4 per device x 1 accumulation x 2 process(es) = 8 examples per step" in result.stderr
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["processes"] == 2 and metrics["effective_batch_size"] == 8 and metrics["steps"] == 24
     assert last_json(result.stdout)["accuracy"] == metrics["accuracy"]
     card = (out / "README.md").read_text()
     assert "- processes: 2" in card and "- effective batch size: 8" in card
     assert not list(out.glob(".staging*")) and (out / "predictions.csv").is_file()
     assert {p.name for p in (out / "checkpoints").glob("checkpoint-*/rng_state_*.pth")} == {"rng_state_0.pth",
                                                                                            "rng_state_1.pth"}
+    # tokenized once, by the main process: one cached feature set for training and one for evaluation
+    features = sorted(p.name for p in (tmp / "cache" / "features").iterdir())
+    assert len(features) == 2 and not [f for f in features if ".tmp-" in f], features
+    # the same training as 1 process with the same effective batch: each step sees the same examples
+    # (length-grouped per optimizer step, seeded per epoch); the loss is a per-process mean averaged over
+    # processes, not scaled by their number
+    assert metrics["processes"] == 2 and reference["processes"] == 1
+    for key in ("effective_batch_size", "steps", "epochs"):
+        assert metrics[key] == reference[key], key
+    assert metrics["steps"] == 24
+    for key in ("train_loss", "eval_loss", "f1_macro"):
+        assert math.isfinite(metrics[key]) and metrics[key] == pytest.approx(reference[key], rel=1e-4), key
+    assert metrics["accuracy"] == reference["accuracy"] and metrics["accuracy"] > 0.5
+    history = json.loads((out / "trainer_state.json").read_text())["log_history"]
+    first = next(e["loss"] for e in history if "loss" in e)
+    assert first < math.log(3) + 0.3  # a fresh 3-way head starts near ln 3, not 2 x ln 3
     from transformers import pipeline
 
     predictions = pipeline("text-classification", model=str(out), device="cpu")(["alpha beta gamma"])
@@ -259,9 +274,29 @@ def test_finetune_with_num_processes(finetuned):
 
 @pytest.mark.slow
 @pytest.mark.multiprocess
-def test_finetune_loss_is_not_scaled_by_the_process_count(finetuned):
-    out, result = finetuned
-    assert result.returncode == 0, result.stderr[-3000:]
-    history = json.loads((out / "trainer_state.json").read_text())["log_history"]
-    first = next(e["loss"] for e in history if "loss" in e)
-    assert first < math.log(3) + 0.3  # a fresh 3-way head starts near ln 3, not 2 x ln 3
+def test_finetune_with_num_processes(clf_setup, tmp_path):
+    common, reference = clf_setup
+    out = tmp_path / "run"
+    result = run_cli("finetune", *common, "--num-processes=2", "-o", out, "--set",
+                     "training.per_device_train_batch_size=4", env=cpu_env(tmp_path))
+    assert "llmkit: launching 2 processes" in result.stderr
+    assert "accelerate launch --multi_gpu --num_processes 2 " in result.stderr and "--num-processes" not in \
+        result.stderr.split("llmkit: launching", 1)[1].splitlines()[0]
+    check_two_process_finetune(result, out, reference, tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_finetune_under_torchrun(clf_setup, tmp_path):
+    import subprocess
+
+    from tests.conftest import OFFLINE
+
+    common, reference = clf_setup
+    out = tmp_path / "run"
+    env = {**os.environ, **OFFLINE, **cpu_env(tmp_path)}
+    env.pop("LLMKIT_DEBUG", None)
+    command = [*tool("torchrun"), "--standalone", "--nproc_per_node", "2", "-m", "llmkit", "finetune",
+               *map(str, common), "-o", str(out), "--set", "training.per_device_train_batch_size=4"]
+    result = subprocess.run(command, env=env, text=True, capture_output=True, timeout=600)
+    check_two_process_finetune(result, out, reference, tmp_path)
