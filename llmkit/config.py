@@ -73,11 +73,14 @@ class ModelConfig:
     lowercase: bool = True
     trust_remote_code: bool = False
     attn_implementation: str = "sdpa"
+    dropout: float | None = None  # every dropout probability of the model; None: the checkpoint's (presets: 0.1)
 
     def problems(self) -> list[str]:
         out = []
         if not 100 <= self.vocab_size <= 1_000_000:
             out.append(f"model.vocab_size must be between 100 and 1000000, got {self.vocab_size}")
+        if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
+            out.append(f"model.dropout must be in [0, 1), got {self.dropout}")
         return out
 
 

@@ -437,10 +437,13 @@ def load_classifier(cfg: RunConfig, problem: str, names: Sequence[str]) -> tuple
     """AutoModelForSequenceClassification from any encoder checkpoint; says which weights start fresh."""
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
+    from llmkit import modeling
+
     name = cfg.model.name
     num_labels = 1 if problem == "regression" else len(names)
     model_config = AutoConfig.from_pretrained(name, trust_remote_code=cfg.model.trust_remote_code,
                                               num_labels=num_labels, problem_type=HF_PROBLEM_TYPES[problem])
+    modeling.set_dropout(model_config, cfg.model.dropout)
     if problem != "regression":
         model_config.id2label = dict(enumerate(names))
         model_config.label2id = {n: i for i, n in enumerate(names)}

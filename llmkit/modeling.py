@@ -64,10 +64,24 @@ def size_config(size: str, tokenizer: Any, max_seq_length: int) -> Any:
     )
 
 
-def build_mlm(size: str, tokenizer: Any, max_seq_length: int, attn_implementation: str = "sdpa") -> Any:
+DROPOUT_KEYS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout", "attention_dropout",
+                "hidden_dropout", "classifier_dropout")
+
+
+def set_dropout(config: Any, dropout: float | None) -> Any:
+    """Set every dropout probability the config has (BERT, RoBERTa, DistilBERT, ... spellings); None: keep."""
+    if dropout is not None:
+        for key in DROPOUT_KEYS:
+            if isinstance(getattr(config, key, None), float):  # unset (None) ones fall back to one of these
+                setattr(config, key, dropout)
+    return config
+
+
+def build_mlm(size: str, tokenizer: Any, max_seq_length: int, attn_implementation: str = "sdpa",
+              dropout: float | None = None) -> Any:
     from transformers import BertForMaskedLM
 
-    config = size_config(size, tokenizer, max_seq_length)
+    config = set_dropout(size_config(size, tokenizer, max_seq_length), dropout)
     config._attn_implementation = attn_implementation
     return BertForMaskedLM(config)
 
@@ -81,11 +95,12 @@ def read_config(name: str, trust_remote_code: bool = False) -> Any:
         raise _hub_or_path_error(name, "model", e) from None
 
 
-def load_mlm(name: str, trust_remote_code: bool = False, attn_implementation: str = "sdpa") -> tuple[Any, str | None]:
+def load_mlm(name: str, trust_remote_code: bool = False, attn_implementation: str = "sdpa",
+             dropout: float | None = None) -> tuple[Any, str | None]:
     """A masked-LM model from a checkpoint; a checkpoint without an MLM head gets a fresh one (said in the note)."""
     from transformers import AutoModelForMaskedLM
 
-    config = read_config(name, trust_remote_code)
+    config = set_dropout(read_config(name, trust_remote_code), dropout)
     note = None
     if not any(a.endswith("ForMaskedLM") or a.endswith("ForPreTraining") for a in (config.architectures or [])):
         note = (f"'{name}' has no masked-LM head ({', '.join(config.architectures or ['no architecture'])}); "

@@ -60,12 +60,14 @@ def run(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> dict[s
     with args.main_process_first(desc="tokenizer"):
         tokenizer = tokenizer_for(cfg, texts)
     if cfg.model.name:
-        model, note = modeling.load_mlm(cfg.model.name, cfg.model.trust_remote_code, cfg.model.attn_implementation)
+        model, note = modeling.load_mlm(cfg.model.name, cfg.model.trust_remote_code, cfg.model.attn_implementation,
+                                       cfg.model.dropout)
         if note:
             log(note)
         modeling.check_vocab(model, tokenizer, cfg.model.name, cfg.model.tokenizer or cfg.model.name)
     else:
-        model = modeling.build_mlm(cfg.model.size, tokenizer, cfg.data.max_seq_length, cfg.model.attn_implementation)
+        model = modeling.build_mlm(cfg.model.size, tokenizer, cfg.data.max_seq_length, cfg.model.attn_implementation,
+                                   cfg.model.dropout)
     shape = modeling.describe(model)
     log(f"model: {shape['architecture']} {shape['layers']}x{shape['hidden_size']}, {shape['parameters'] / 1e6:.1f}M "
         f"parameters, vocabulary {len(tokenizer):,}")
