@@ -74,6 +74,7 @@ class ModelConfig:
     trust_remote_code: bool = False
     attn_implementation: str = "sdpa"
     dropout: float | None = None  # every dropout probability of the model; None: the checkpoint's (presets: 0.1)
+    config_overrides: str | None = None  # from scratch: "key=value,..." applied to the preset's BertConfig
 
     def problems(self) -> list[str]:
         out = []
@@ -133,6 +134,9 @@ class RunConfig:
     def problems(self) -> list[str]:
         out = self.data.problems() + self.model.problems()
         out += self.mlm.problems() if self.command == "pretrain" else self.finetune.problems()
+        if self.model.config_overrides and (self.model.name or self.command == "finetune"):
+            out.append("model.config_overrides applies to a model built from scratch (pretrain without --model); a "
+                       "checkpoint keeps its architecture (its dropout: model.dropout)")
         lr = self.training.get("learning_rate")
         if isinstance(lr, (int, float)) and not isinstance(lr, bool) and lr <= 0:
             out.append(f"training.learning_rate must be > 0, got {lr}")

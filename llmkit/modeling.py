@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from llmkit.config import SIZES
-from llmkit.errors import ModelError
+from llmkit.errors import ConfigError, ModelError
 
 
 def _hub_or_path_error(name: str, what: str, error: Exception) -> ModelError:
@@ -78,10 +78,16 @@ def set_dropout(config: Any, dropout: float | None) -> Any:
 
 
 def build_mlm(size: str, tokenizer: Any, max_seq_length: int, attn_implementation: str = "sdpa",
-              dropout: float | None = None) -> Any:
+              dropout: float | None = None, config_overrides: str | None = None) -> Any:
     from transformers import BertForMaskedLM
 
     config = set_dropout(size_config(size, tokenizer, max_seq_length), dropout)
+    if config_overrides:
+        try:  # the format of run_mlm.py's --config_overrides
+            config.update_from_string(config_overrides)
+        except ValueError as e:
+            raise ConfigError(f"model.config_overrides='{config_overrides}' could not be applied ({e}). Expected "
+                              f"'key=value,...' with BertConfig keys, e.g. 'initializer_range=0.05'.") from None
     config._attn_implementation = attn_implementation
     return BertForMaskedLM(config)
 

@@ -67,7 +67,7 @@ def run(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> dict[s
         modeling.check_vocab(model, tokenizer, cfg.model.name, cfg.model.tokenizer or cfg.model.name)
     else:
         model = modeling.build_mlm(cfg.model.size, tokenizer, cfg.data.max_seq_length, cfg.model.attn_implementation,
-                                   cfg.model.dropout)
+                                   cfg.model.dropout, cfg.model.config_overrides)
     shape = modeling.describe(model)
     log(f"model: {shape['architecture']} {shape['layers']}x{shape['hidden_size']}, {shape['parameters'] / 1e6:.1f}M "
         f"parameters, vocabulary {len(tokenizer):,}")

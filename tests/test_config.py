@@ -53,6 +53,7 @@ def test_unknown_training_key_suggests_trainingarguments_field():
     ("model.size=huge", r"'model\.size' must be one of 'tiny' \| 'mini'"),
     ("data.packing=maybe", r"'data\.packing' must be true or false"),
     ("precision=fp8", r"'precision' must be one of"),
+    ("model.dropout=1", r"model\.dropout must be in \[0, 1\), got 1"),
 ])
 def test_wrong_type_or_range_is_refused(item, message):
     with pytest.raises(ConfigError, match=message):
@@ -131,3 +132,31 @@ def test_yaml_no_means_the_string_no_for_strategy_fields():
     training = {"eval_strategy": False, "save_strategy": "steps"}
     config.check_training_keys(training)
     assert training == {"eval_strategy": "no", "save_strategy": "steps"}
+
+
+def test_config_overrides_only_for_a_model_built_from_scratch():
+    cfg = config.build("pretrain", sets=["model.config_overrides=initializer_range=0.05,num_hidden_layers=2"])
+    assert cfg.model.config_overrides == "initializer_range=0.05,num_hidden_layers=2"
+    with pytest.raises(ConfigError, match=r"config_overrides applies to a model built from scratch"):
+        config.build("pretrain", flags={"model.name": "bert-base-uncased"},
+                     sets=["model.config_overrides=initializer_range=0.05"])
+
+
+def test_dropout_and_config_overrides_reach_the_model():
+    from transformers import BertConfig
+
+    from llmkit import modeling
+    from llmkit.errors import ConfigError as Error
+    from tests.conftest import toy_corpus
+
+    tokenizer = modeling.train_tokenizer(toy_corpus(50), vocab_size=150, lowercase=True)
+    model = modeling.build_mlm("tiny", tokenizer, 64, dropout=0.0, config_overrides="initializer_range=0.05")
+    assert model.config.hidden_dropout_prob == 0.0 and model.config.attention_probs_dropout_prob == 0.0
+    assert model.config.initializer_range == 0.05
+    assert abs(float(model.bert.encoder.layer[0].attention.self.query.weight.detach().std()) - 0.05) < 0.005
+    with pytest.raises(Error, match=r"key nope isn't in the original config dict.*initializer_range=0\.05"):
+        modeling.build_mlm("tiny", tokenizer, 64, config_overrides="nope=1")
+    checkpoint = BertConfig(hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1, classifier_dropout=None)
+    modeling.set_dropout(checkpoint, 0.3)
+    assert checkpoint.hidden_dropout_prob == 0.3 and checkpoint.attention_probs_dropout_prob == 0.3
+    assert checkpoint.classifier_dropout is None  # unset: follows hidden_dropout_prob
