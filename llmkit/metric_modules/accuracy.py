@@ -4,9 +4,10 @@ A local `evaluate` module with the interface of the hub's `accuracy`, so it load
 ``evaluate.load("<path>/accuracy.py")`` (or ``llmkit.metrics.load("accuracy")``).
 """
 
-import datasets
 import evaluate
 import numpy as np
+
+from llmkit.metric_modules._shared import label_info
 
 _DESCRIPTION = "Accuracy = correct predictions / all predictions. Multilabel: a row counts only if every label matches."
 _KWARGS_DESCRIPTION = """
@@ -26,10 +27,7 @@ Example:
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
 class Accuracy(evaluate.Metric):
     def _info(self):
-        value = datasets.Value("int32")
-        kind = datasets.Sequence(value) if self.config_name == "multilabel" else value
-        return evaluate.MetricInfo(description=_DESCRIPTION, citation="", inputs_description=_KWARGS_DESCRIPTION,
-                                   features=datasets.Features({"predictions": kind, "references": kind}))
+        return label_info(_DESCRIPTION, _KWARGS_DESCRIPTION, self.config_name)
 
     def _compute(self, predictions, references, normalize=True, sample_weight=None):
         p, r = np.asarray(predictions), np.asarray(references)

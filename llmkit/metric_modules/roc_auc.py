@@ -9,6 +9,8 @@ import evaluate
 import numpy as np
 from scipy.stats import rankdata
 
+from llmkit.metric_modules._shared import info
+
 _DESCRIPTION = "Area under the ROC curve, from the Mann-Whitney rank statistic (tied scores count one half)."
 _KWARGS_DESCRIPTION = """
 Args:
@@ -25,9 +27,8 @@ Example:
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
 class ROCAUC(evaluate.Metric):
     def _info(self):
-        return evaluate.MetricInfo(description=_DESCRIPTION, citation="", inputs_description=_KWARGS_DESCRIPTION,
-                                   features=datasets.Features({"prediction_scores": datasets.Value("float64"),
-                                                               "references": datasets.Value("int32")}))
+        return info(_DESCRIPTION, _KWARGS_DESCRIPTION, prediction_scores=datasets.Value("float64"),
+                    references=datasets.Value("int32"))
 
     def _compute(self, references, prediction_scores):
         r = np.asarray(references)
