@@ -72,7 +72,7 @@ class ModelConfig:
     vocab_size: int = 16000  # for a tokenizer trained on the corpus
     lowercase: bool = True
     trust_remote_code: bool = False
-    attn_implementation: str = "sdpa"
+    attn_implementation: str = "auto"  # auto: eager when training on a CPU (faster there), sdpa elsewhere
     dropout: float | None = None  # every dropout probability of the model; None: the checkpoint's (presets: 0.1)
     config_overrides: str | None = None  # from scratch: "key=value,..." applied to the preset's BertConfig
 

@@ -74,7 +74,8 @@ def run(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> dict[s
 
     precision, why = modeling.resolve_precision(cfg.precision)
     args = training.training_arguments(cfg, run_dir.checkpoints, precision, **selection_arguments(cfg, metric))
-    log(f"precision: {precision} ({why})")
+    attention = modeling.resolve_attention(cfg.model.attn_implementation, args.device.type)
+    log(f"precision: {precision} ({why}); attention: {attention}")
 
     # 4. tokenizer and model: the encoder of the checkpoint plus a fresh classification head
     import transformers
@@ -83,7 +84,7 @@ def run(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> dict[s
     transformers.set_seed(cfg.seed)
     tokenizer = modeling.load_tokenizer(cfg.model.tokenizer or cfg.model.name, cfg.model.trust_remote_code)
     tokenizer.model_max_length = cfg.data.max_seq_length  # saved with the model: inference truncates the same way
-    model, note = load_classifier(cfg, problem, names)
+    model, note = load_classifier(cfg, problem, names, attention)
     if note:
         log(note)
     if tokenizer.pad_token is None:  # GPT-style tokenizers: padding is needed to batch texts of different lengths
@@ -433,7 +434,8 @@ def stratified_sample(strata: Sequence[Any], fraction: float, seed: int) -> list
 # ---------------------------------------------------------------- model and features
 
 
-def load_classifier(cfg: RunConfig, problem: str, names: Sequence[str]) -> tuple[Any, str | None]:
+def load_classifier(cfg: RunConfig, problem: str, names: Sequence[str],
+                    attention: str = "sdpa") -> tuple[Any, str | None]:
     """AutoModelForSequenceClassification from any encoder checkpoint; says which weights start fresh."""
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
@@ -453,12 +455,12 @@ def load_classifier(cfg: RunConfig, problem: str, names: Sequence[str]) -> tuple
     try:
         try:
             model, info = AutoModelForSequenceClassification.from_pretrained(
-                name, attn_implementation=cfg.model.attn_implementation, **kwargs)
+                name, attn_implementation=attention, **kwargs)
         except ValueError as e:
-            if "attn_implementation" not in str(e) and cfg.model.attn_implementation not in str(e).lower():
+            if "attn_implementation" not in str(e) and attention not in str(e).lower():
                 raise
             model, info = AutoModelForSequenceClassification.from_pretrained(name, **kwargs)
-            note = f"{model_config.model_type} does not support {cfg.model.attn_implementation} attention; using its default"
+            note = f"{model_config.model_type} does not support {attention} attention; using its default"
     except ValueError as e:
         raise ModelError(f"'{name}' ({model_config.model_type}) cannot be used for sequence classification: "
                          f"{str(e).splitlines()[0][:200]}. Use an encoder checkpoint (BERT, RoBERTa, ...).") from None

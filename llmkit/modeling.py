@@ -176,6 +176,14 @@ def max_positions(config: Any) -> int | None:
 # ---------------------------------------------------------------- precision
 
 
+def resolve_attention(requested: str, device_type: str) -> str:
+    """`auto`: eager attention for CPU training, where it beats SDPA's CPU kernels for BERT-sized heads and
+    short sequences (benchmarks/pretrain.py, variant llmkit-sdpa); SDPA everywhere else. Other values as given."""
+    if requested != "auto":
+        return requested
+    return "eager" if device_type == "cpu" else "sdpa"
+
+
 def resolve_precision(requested: str) -> tuple[str, str]:
     """(precision, why) for `auto|bf16|fp16|fp32` on this machine."""
     import torch

@@ -51,7 +51,8 @@ def run(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> dict[s
         cfg, run_dir.checkpoints, precision, remove_unused_columns=False,  # keep "index" for SeededMasking
         # a masked LM uses every parameter each step: spare DDP its per-step search for unused ones
         ddp_find_unused_parameters=cfg.training.get("ddp_find_unused_parameters", False))
-    log(f"precision: {precision} ({why})")
+    attention = modeling.resolve_attention(cfg.model.attn_implementation, args.device.type)
+    log(f"precision: {precision} ({why}); attention: {attention}")
 
     # 4. tokenizer and model
     import transformers
@@ -60,13 +61,13 @@ def run(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> dict[s
     with args.main_process_first(desc="tokenizer"):
         tokenizer = tokenizer_for(cfg, texts)
     if cfg.model.name:
-        model, note = modeling.load_mlm(cfg.model.name, cfg.model.trust_remote_code, cfg.model.attn_implementation,
+        model, note = modeling.load_mlm(cfg.model.name, cfg.model.trust_remote_code, attention,
                                        cfg.model.dropout)
         if note:
             log(note)
         modeling.check_vocab(model, tokenizer, cfg.model.name, cfg.model.tokenizer or cfg.model.name)
     else:
-        model = modeling.build_mlm(cfg.model.size, tokenizer, cfg.data.max_seq_length, cfg.model.attn_implementation,
+        model = modeling.build_mlm(cfg.model.size, tokenizer, cfg.data.max_seq_length, attention,
                                    cfg.model.dropout, cfg.model.config_overrides)
     shape = modeling.describe(model)
     log(f"model: {shape['architecture']} {shape['layers']}x{shape['hidden_size']}, {shape['parameters'] / 1e6:.1f}M "

@@ -160,3 +160,12 @@ def test_dropout_and_config_overrides_reach_the_model():
     modeling.set_dropout(checkpoint, 0.3)
     assert checkpoint.hidden_dropout_prob == 0.3 and checkpoint.attention_probs_dropout_prob == 0.3
     assert checkpoint.classifier_dropout is None  # unset: follows hidden_dropout_prob
+
+
+def test_attention_auto_is_eager_for_cpu_training_and_sdpa_elsewhere():
+    from llmkit.modeling import resolve_attention
+
+    assert config.build("pretrain").model.attn_implementation == "auto"
+    assert resolve_attention("auto", "cpu") == "eager"
+    assert resolve_attention("auto", "cuda") == resolve_attention("auto", "mps") == "sdpa"
+    assert resolve_attention("sdpa", "cpu") == "sdpa" and resolve_attention("eager", "cuda") == "eager"

@@ -47,6 +47,9 @@ def test_run_directory_contract(trained):
     assert "training.max_steps" in card  # non-default settings are listed
     assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert result.stdout.count("\n") == 1, "stdout holds only the result; progress goes to stderr"
+    # CI has no GPU: CPU training picks eager attention; the saved model still loads with any implementation
+    assert "; attention: eager" in result.stderr
+    assert "attn_implementation" not in json.loads((out / "config.json").read_text())
 
 
 def test_eval_loss_decreases_on_learnable_corpus(trained):
