@@ -28,7 +28,6 @@ benchmarks/results/finetune-*.json (gitignored).
 from __future__ import annotations
 
 import argparse
-import ast
 import csv
 import json
 import os
@@ -70,16 +69,9 @@ def topic_examples(topics: tuple[str, ...], per_topic: int, seed: int) -> list[d
         parts = path.relative_to(stdlib).parts
         if parts[0] not in found or "test" in parts or "tests" in parts:
             continue
-        try:
-            tree = ast.parse(path.read_bytes())
-        except (SyntaxError, ValueError, OSError):
-            continue
-        for node in ast.walk(tree):
-            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
-                for para in (ast.get_docstring(node) or "").split("\n\n"):
-                    para = " ".join(para.split())
-                    if len(para.split()) >= 8 and ">>>" not in para:
-                        found[parts[0]][para] = None
+        for para in common.docstring_paragraphs(path, min_words=8):
+            if ">>>" not in para:
+                found[parts[0]][para] = None
     owners: dict[str, int] = {}
     for paras in found.values():
         for p in paras:
