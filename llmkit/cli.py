@@ -223,7 +223,7 @@ def _print_result(metrics: dict, output_dir: str) -> None:
     """The result of a training run on stdout: a few key metrics and where the run is."""
     import json
 
-    from llmkit.training import is_main_process
+    from llmkit.console import is_main_process
 
     if not is_main_process():
         return

@@ -15,8 +15,8 @@ from llmkit import config as config_lib
 from llmkit import data, metrics, outputs
 from llmkit.predict import interpret, pick_text_columns, write_records
 from llmkit.config import RunConfig
+from llmkit.console import log
 from llmkit.errors import ConfigError, DataError, ModelError
-from llmkit.training import log
 
 USAGE = """\
 from transformers import pipeline

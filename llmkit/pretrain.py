@@ -9,8 +9,8 @@ from typing import Any
 from llmkit import config as config_lib
 from llmkit import data, outputs
 from llmkit.config import RunConfig
+from llmkit.console import log
 from llmkit.errors import ConfigError, DataError
-from llmkit.training import log
 
 USAGE = """\
 from transformers import pipeline

@@ -14,21 +14,9 @@ import torch.nn.functional as F
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
+from llmkit.console import is_main_process, log  # noqa: F401 - is_main_process re-exported
 from llmkit.errors import ConfigError
 from llmkit.modeling import MaskedPositionsHead
-
-
-def log(message: str) -> None:
-    """Progress and diagnostics go to stderr (stdout is for results); only the main process speaks."""
-    if is_main_process():
-        print(f"llmkit: {message}", file=sys.stderr, flush=True)
-
-
-def is_main_process() -> bool:
-    import os
-
-    return os.environ.get("RANK", "0") == "0" and os.environ.get("LOCAL_RANK", "0") in ("0", "-1")
-
 
 DDP_TIMEOUT = 4 * 3600  # seconds; the other processes wait this long for the main one to tokenize a big corpus
 
