@@ -117,7 +117,7 @@ def config_warnings(path: Path, settings: dict[str, Any], problem: str | None, g
 def report() -> dict[str, Any]:
     import torch
 
-    from llmkit.modeling import cpu_has_bf16, resolve_precision
+    from llmkit.modeling import cpu_has_bf16, resolve_attention, resolve_precision
 
     versions = {}
     for name in PACKAGES:
@@ -153,6 +153,7 @@ def report() -> dict[str, Any]:
         "cpu": {"cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "native_bf16": cpu_has_bf16()},
         "cuda": {"available": torch.cuda.is_available(), "version": torch.version.cuda, "gpus": gpus},
         "precision": {"auto": precision, "why": why},
+        "attention": resolve_attention("auto", "cuda" if gpus else "cpu"),
         "placement": plan,
         "accelerate_config": str(config_file) if config_file else None,
         "num_processes_launch": {"processes": max(2, len(gpus)), "command": shown(launch), "what": launch_why},
@@ -178,6 +179,8 @@ def main(as_json: bool = False) -> None:
     print("gpus:       " + (", ".join(f"cuda:{g['index']} {g['name']} ({g['memory_gib']} GiB)" for g in gpus)
                             if gpus else "none"))
     print(f"precision:  {info['precision']['auto']} ({info['precision']['why']}); override with --precision")
+    print(f"attention:  {info['attention']} for training (model.attn_implementation=auto; eager on a CPU, sdpa on "
+          f"a GPU)")
     print(f"placement:  {info['placement']}")
     print(f"accelerate: {info['accelerate_config'] or 'no default config file (accelerate launch uses its defaults)'}")
     launch = info["num_processes_launch"]

@@ -66,6 +66,10 @@ def test_env_prints_plan():
     assert result.exit_code == 0
     for word in ("versions:", "precision:", "placement:", "accelerate:"):
         assert word in result.output
+    import torch
+
+    expected = "sdpa" if torch.cuda.is_available() else "eager"
+    assert f"attention:  {expected} for training" in result.output
 
 
 def test_python_dash_m_works():
