@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import signal
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,7 @@ import torch.nn.functional as F
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
-from llmkit.console import is_main_process, log  # noqa: F401 - is_main_process re-exported
+from llmkit.console import log
 from llmkit.errors import ConfigError
 from llmkit.modeling import MaskedPositionsHead
 
