@@ -72,7 +72,8 @@ def set_dropout(config: Any, dropout: float | None) -> Any:
     """Set every dropout probability the config has (BERT, RoBERTa, DistilBERT, ... spellings); None: keep."""
     if dropout is not None:
         for key in DROPOUT_KEYS:
-            if isinstance(getattr(config, key, None), float):  # unset (None) ones fall back to one of these
+            value = getattr(config, key, None)  # unset (None) ones fall back to one of these
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
                 setattr(config, key, dropout)
     return config
 

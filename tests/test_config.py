@@ -160,6 +160,9 @@ def test_dropout_and_config_overrides_reach_the_model():
     modeling.set_dropout(checkpoint, 0.3)
     assert checkpoint.hidden_dropout_prob == 0.3 and checkpoint.attention_probs_dropout_prob == 0.3
     assert checkpoint.classifier_dropout is None  # unset: follows hidden_dropout_prob
+    written_as_int = BertConfig(hidden_dropout_prob=0, attention_probs_dropout_prob=0)  # "0" in a config.json
+    modeling.set_dropout(written_as_int, 0.2)
+    assert written_as_int.hidden_dropout_prob == 0.2 and written_as_int.attention_probs_dropout_prob == 0.2
 
 
 def test_attention_auto_is_eager_for_cpu_training_and_sdpa_elsewhere():
