@@ -83,3 +83,25 @@ def last_json(stdout: str) -> dict:
     lines = [line for line in stdout.splitlines() if line.startswith("{")]
     assert lines, f"no JSON result on stdout: {stdout!r}"
     return json.loads(lines[-1])
+
+
+def crashed_after(run: Path, checkpoint: str, to: Path) -> Path:
+    """The directory a run leaves when it crashes right after saving `checkpoint`: that checkpoint and the
+    start record, nothing else."""
+    import shutil
+
+    (to / "checkpoints").mkdir(parents=True)
+    shutil.copytree(run / "checkpoints" / checkpoint, to / "checkpoints" / checkpoint)
+    shutil.copy(run / "checkpoints" / "llmkit-run.yaml", to / "checkpoints" / "llmkit-run.yaml")
+    return to
+
+
+def assert_same_weights(a: Path, b: Path, atol: float = 1e-6) -> None:
+    """The saved models of two run directories hold the same tensors, to `atol`."""
+    import torch
+    from safetensors.torch import load_file
+
+    wa, wb = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
+    assert wa.keys() == wb.keys()
+    for key in wa:
+        torch.testing.assert_close(wa[key], wb[key], rtol=0, atol=atol, msg=key)

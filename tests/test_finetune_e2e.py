@@ -195,10 +195,7 @@ def test_multi_label_run(tiny_mlm, tmp_path):
 
 def test_resume_equals_uninterrupted(tiny_mlm, tmp_path):
     """A run that stopped after epoch 1 and was resumed equals one that never stopped: weights, metrics, order."""
-    import shutil
-
-    import torch
-    from safetensors.torch import load_file
+    from tests.conftest import assert_same_weights, crashed_after
 
     train = write_csv(tmp_path / "train.csv", topic_rows(96, seed=1))
     dev = write_csv(tmp_path / "dev.csv", topic_rows(30, seed=2))
@@ -207,17 +204,11 @@ def test_resume_equals_uninterrupted(tiny_mlm, tmp_path):
             "--set", "training.load_best_model_at_end=false"]  # the final weights are those of the last step
     full = tmp_path / "full"
     assert run_cli("finetune", "-o", full, *args).returncode == 0
-    crashed = tmp_path / "crashed"  # what a crash after the epoch-1 checkpoint leaves
-    (crashed / "checkpoints").mkdir(parents=True)
-    shutil.copytree(full / "checkpoints" / "checkpoint-6", crashed / "checkpoints" / "checkpoint-6")
-    shutil.copy(full / "checkpoints" / "llmkit-run.yaml", crashed / "checkpoints" / "llmkit-run.yaml")
+    crashed = crashed_after(full, "checkpoint-6", tmp_path / "crashed")  # the end of epoch 1
     resumed = run_cli("finetune", "-o", crashed, *args, "--resume")
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming from" in resumed.stderr
-    a, b = load_file(full / "model.safetensors"), load_file(crashed / "model.safetensors")
-    assert a.keys() == b.keys()
-    for key in a:
-        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6, msg=key)  # epoch 2 saw the same batches
+    assert_same_weights(full, crashed)  # epoch 2 saw the same batches
     ma, mb = (json.loads((d / "metrics.json").read_text()) for d in (full, crashed))
     for key in ("accuracy", "f1_macro", "eval_loss", "steps"):
         assert ma[key] == pytest.approx(mb[key], abs=1e-6), key

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 
@@ -92,25 +91,18 @@ def test_overwrite_replaces_only_llmkit_runs(tmp_path, toy_corpus_file):
 
 
 def test_resume_equals_uninterrupted(tmp_path, toy_corpus_file):
-    import torch
-    from safetensors.torch import load_file
+    from tests.conftest import assert_same_weights, crashed_after
 
     args = ["--data", toy_corpus_file, "--max-steps", "12", *TINY, "--set", "training.save_steps=6",
             "--set", "training.eval_steps=100", "--set", "training.save_total_limit=3"]
     full = tmp_path / "full"
     assert run_cli("pretrain", "-o", full, *args).returncode == 0
     # A run that crashed after its step-6 checkpoint: only that checkpoint and the start record remain.
-    crashed = tmp_path / "crashed"
-    (crashed / "checkpoints").mkdir(parents=True)
-    shutil.copytree(full / "checkpoints" / "checkpoint-6", crashed / "checkpoints" / "checkpoint-6")
-    shutil.copy(full / "checkpoints" / "llmkit-run.yaml", crashed / "checkpoints" / "llmkit-run.yaml")
+    crashed = crashed_after(full, "checkpoint-6", tmp_path / "crashed")
     resumed = run_cli("pretrain", "-o", crashed, *args, "--resume")
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming from" in resumed.stderr
-    a, b = load_file(full / "model.safetensors"), load_file(crashed / "model.safetensors")
-    assert a.keys() == b.keys()
-    for key in a:
-        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6, msg=key)
+    assert_same_weights(full, crashed)
     ma, mb = (json.loads((d / "metrics.json").read_text()) for d in (full, crashed))
     assert ma["eval_loss"] == pytest.approx(mb["eval_loss"], abs=1e-6)
     # Resuming a finished run says so and changes nothing.
