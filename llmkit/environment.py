@@ -15,6 +15,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from llmkit.console import is_main_process
+
 PACKAGES = ("llmkit", "torch", "transformers", "datasets", "accelerate", "evaluate", "tokenizers", "typer")
 
 # Accelerate configs that place processes on GPUs (or other accelerators), as opposed to NO / MULTI_CPU.
@@ -117,7 +119,7 @@ def config_warnings(path: Path, settings: dict[str, Any], problem: str | None, g
 def report() -> dict[str, Any]:
     import torch
 
-    from llmkit.modeling import cpu_has_bf16, resolve_attention, resolve_precision
+    from llmkit.modeling import cpu_has_bf16, has_accelerator, resolve_attention, resolve_precision
 
     versions = {}
     for name in PACKAGES:
@@ -153,7 +155,7 @@ def report() -> dict[str, Any]:
         "cpu": {"cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "native_bf16": cpu_has_bf16()},
         "cuda": {"available": torch.cuda.is_available(), "version": torch.version.cuda, "gpus": gpus},
         "precision": {"auto": precision, "why": why},
-        "attention": resolve_attention("auto", "cuda" if gpus else "cpu"),
+        "attention": resolve_attention("auto", "accelerator" if has_accelerator() else "cpu"),
         "placement": plan,
         "accelerate_config": str(config_file) if config_file else None,
         "num_processes_launch": {"processes": max(2, len(gpus)), "command": shown(launch), "what": launch_why},
@@ -163,7 +165,7 @@ def report() -> dict[str, Any]:
 
 
 def main(as_json: bool = False) -> None:
-    if os.environ.get("RANK", "0") != "0":  # `llmkit env` under a launcher: one report, from the main process
+    if not is_main_process():  # `llmkit env` under a launcher: one report, from the main process
         return
     info = report()
     if as_json:

@@ -177,6 +177,13 @@ def max_positions(config: Any) -> int | None:
 # ---------------------------------------------------------------- precision
 
 
+def has_accelerator() -> bool:
+    """A GPU (CUDA/ROCm), Apple MPS or Intel XPU device is visible to torch."""
+    mps = getattr(torch.backends, "mps", None)
+    xpu = getattr(torch, "xpu", None)
+    return torch.cuda.is_available() or bool(mps and mps.is_available()) or bool(xpu and xpu.is_available())
+
+
 def resolve_attention(requested: str, device_type: str) -> str:
     """`auto`: eager attention for CPU training, where it beats SDPA's CPU kernels for BERT-sized heads and
     short sequences (benchmarks/pretrain.py, variant llmkit-sdpa); SDPA everywhere else. Other values as given."""

@@ -15,16 +15,9 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from llmkit.console import log
 from llmkit.errors import ConfigError
-from llmkit.modeling import MaskedPositionsHead
+from llmkit.modeling import MaskedPositionsHead, has_accelerator
 
 DDP_TIMEOUT = 4 * 3600  # seconds; the other processes wait this long for the main one to tokenize a big corpus
-
-
-def has_accelerator() -> bool:
-    """A GPU (CUDA/ROCm), Apple MPS or Intel XPU device is visible to torch."""
-    mps = getattr(torch.backends, "mps", None)
-    xpu = getattr(torch, "xpu", None)
-    return torch.cuda.is_available() or bool(mps and mps.is_available()) or bool(xpu and xpu.is_available())
 
 
 def training_arguments(cfg: Any, output_dir: Path, precision: str, **overrides: Any) -> TrainingArguments:
