@@ -9,7 +9,6 @@ token passed around a ring lets exactly one of them compute at a time.
 
 from __future__ import annotations
 
-import ast
 import json
 import os
 import platform
@@ -106,20 +105,6 @@ def peak_matmul_flops(dtype_name: str, n: int = 2048, repeats: int = 8) -> float
 # ---------------------------------------------------------------- more real text
 
 
-def docstring_paragraphs(path: Path, min_words: int) -> list[str]:
-    """The paragraphs (white space folded) of at least `min_words` words of every docstring in a Python file,
-    in `ast.walk` order; none for a file that does not parse. Read with `ast`, never imported."""
-    from llmkit.data import _paragraphs
-
-    try:
-        tree = ast.parse(path.read_bytes())
-    except (SyntaxError, ValueError, OSError):
-        return []
-    return [para for node in ast.walk(tree)
-            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
-            for para in _paragraphs(ast.get_docstring(node) or "", min_words)]
-
-
 def docstring_corpus(max_bytes: int, packages: Sequence[str] = ("numpy", "torch", "transformers", "datasets",
                                                                 "scipy", "pandas", "matplotlib", "sympy")) -> list[str]:
     """The built-in corpus plus docstring paragraphs of installed packages (read with `ast`, never imported),
@@ -137,7 +122,7 @@ def docstring_corpus(max_bytes: int, packages: Sequence[str] = ("numpy", "torch"
         for path in sorted(root.rglob("*.py")):
             if "tests" in path.parts or "test" in path.parts:
                 continue
-            for para in docstring_paragraphs(path, min_words=6):
+            for para in data.docstring_paragraphs(path, min_words=6):
                 if para not in seen and ">>>" not in para:
                     seen.add(para)
                     docs.append(para)

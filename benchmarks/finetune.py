@@ -69,7 +69,7 @@ def topic_examples(topics: tuple[str, ...], per_topic: int, seed: int) -> list[d
         parts = path.relative_to(stdlib).parts
         if parts[0] not in found or "test" in parts or "tests" in parts:
             continue
-        for para in common.docstring_paragraphs(path, min_words=8):
+        for para in data.docstring_paragraphs(path, min_words=8):
             if ">>>" not in para:
                 found[parts[0]][para] = None
     owners: dict[str, int] = {}

@@ -15,9 +15,7 @@ with `ast`), blocks of 128 tokens, batch 32, the same optimiser settings and sch
    per-round ratios against plain HF;
 2. quality: loss and accuracy of each final model on the same held-out blocks with the same fixed masks,
    computed the same way for all (full head, fp32), after the same number of training tokens;
-3. data preparation (tokenize + pack/group the texts): cold (empty caches) and cached (second time),
-   each in a fresh process, interleaved;
-4. model FLOPs utilisation: the matmul FLOPs each variant needs per token times its tokens/s, as a fraction
+3. model FLOPs utilisation: the matmul FLOPs each variant needs per token times its tokens/s, as a fraction
    of this machine's measured peak bf16 and fp32 `torch.matmul` FLOP/s.
 
 The llmkit side is the real `llmkit.pretrain.run(cfg)`; the benchmark only adds a timing callback to its
@@ -68,8 +66,8 @@ VARIANTS: dict[str, tuple[str, Any, str]] = {
     "hf-bf16": ("hf", {"bf16": True, "use_cpu": True}, "plain HF with bf16 autocast"),
     "hf-seed2": ("hf", {"seed": SEED + 1}, "plain HF, another seed: with llmkit-seed2, the seed-to-seed spread"),
 }
-QUICK = {"steps": 12, "warmup": 3, "corpus_mb": 2.0, "eval_blocks": 32, "prep_repeats": 1, "variants": "llmkit,hf"}
-FULL = {"steps": 150, "warmup": 5, "corpus_mb": 5.0, "eval_blocks": 256, "prep_repeats": 3,
+QUICK = {"steps": 12, "warmup": 3, "corpus_mb": 2.0, "eval_blocks": 32, "variants": "llmkit,hf"}
+FULL = {"steps": 150, "warmup": 5, "corpus_mb": 5.0, "eval_blocks": 256,
         "variants": "llmkit,llmkit-fp32,llmkit-fullhead,llmkit-sdpa,hf,llmkit-seed2,hf-seed2"}
 
 
@@ -81,8 +79,6 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--variants", help=f"comma-separated, from: {', '.join(VARIANTS)}")
     p.add_argument("--corpus-mb", type=float, help="MB of text (built-in corpus + package docstrings)")
     p.add_argument("--eval-blocks", type=int, help="held-out 128-token blocks for the quality comparison")
-    p.add_argument("--prep-repeats", type=int, help="cold/cached data-preparation repeats per side")
-    p.add_argument("--skip-prep", action="store_true", help="skip the data-preparation timing")
     p.add_argument("--threads", type=int, help="torch threads for every variant and the peak (default: torch's, "
                    "one per core); on a machine busy with other work, 1 avoids threads stalling on each other")
     a = p.parse_args(argv)
@@ -116,13 +112,10 @@ def main(argv: list[str] | None = None) -> None:
         common.log(f"warning: {opts['steps']} steps of {BATCH} blocks reach the end of the first epoch "
                    f"({setup['train_blocks']} blocks), where the two sides' last blocks differ; give more --corpus-mb")
 
-    # 2. data preparation: cold and cached, each side in fresh processes, interleaved
-    prep = {} if a.skip_prep else time_preparation(setup, opts["prep_repeats"])
-
-    # 3. the machine's peak matmul FLOP/s (before training; measured again after, the best is kept)
+    # 2. the machine's peak matmul FLOP/s (before training; measured again after, the best is kept)
     peak = measure_peak({})
 
-    # 4. training, all variants taking turns step by step
+    # 3. training, all variants taking turns step by step
     results_dir = WORK / "runs"
     shutil.rmtree(results_dir, ignore_errors=True)
     results_dir.mkdir(parents=True)
@@ -132,8 +125,8 @@ def main(argv: list[str] | None = None) -> None:
     runs = {v: json.loads((results_dir / f"{v}.json").read_text()) for v in variants}
     peak = measure_peak(peak)
 
-    # 5. report
-    report = summarise(runs, setup, peak, prep, opts, host, time.time() - started)
+    # 4. report
+    report = summarise(runs, setup, peak, opts, host, time.time() - started)
     path = common.write_results("pretrain" + ("-quick" if a.quick else ""), report)
     print_report(report)
     print(f"\nresults: {path}")
@@ -156,7 +149,8 @@ def prepare_inputs(corpus_mb: float, eval_blocks: int) -> dict[str, Any]:
     from llmkit import data, modeling
 
     texts = common.docstring_corpus(int(corpus_mb * 1e6))
-    train, held = data.split_eval(texts, 0.03, seed=0)
+    held = [t for t in texts if data.held_out(t, 0.03, seed=0)]
+    train = [t for t in texts if not data.held_out(t, 0.03, seed=0)]
     key = hashlib.sha256(f"{data.texts_fingerprint(texts)}-{VOCAB}-{eval_blocks}".encode()).hexdigest()[:16]
     folder = WORK / f"inputs-{key}"
     files = {"train": folder / "train.jsonl", "eval": folder / "eval.jsonl", "tokenizer": folder / "tokenizer",
@@ -169,19 +163,18 @@ def prepare_inputs(corpus_mb: float, eval_blocks: int) -> dict[str, Any]:
             files[name].write_text("".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in docs), "utf-8")
         tokenizer = modeling.train_tokenizer(train, VOCAB, lowercase=True)
         tokenizer.save_pretrained(str(files["tokenizer"]))
-        blocks = data.build_blocks(tokenizer, held, SEQ, packing=True)
-        full = [i for i in range(len(blocks)) if blocks.lengths()[i] == SEQ][:eval_blocks]
+        stream = [i for ids in tokenizer(held)["input_ids"] for i in ids]  # packed as run_mlm.py's group_texts
+        full = [stream[k:k + SEQ] for k in range(0, len(stream) - SEQ + 1, SEQ)][:eval_blocks]
         if len(full) < eval_blocks:
             raise SystemExit(f"only {len(full)} held-out blocks; lower --eval-blocks or raise --corpus-mb")
         collator = DataCollatorForLanguageModeling(tokenizer=tokenizer, mlm_probability=MLM_PROBABILITY, seed=SEED)
-        batches = [collator([{"input_ids": blocks[i]["input_ids"], "special_tokens_mask": blocks[i]["special_tokens_mask"]}
-                             for i in full[k:k + 64]]) for k in range(0, len(full), 64)]
+        batches = [collator([{"input_ids": ids} for ids in full[k:k + 64]]) for k in range(0, len(full), 64)]
         torch.save([{k: v for k, v in b.items()} for b in batches], files["batches"])
     tokenizer = modeling.load_tokenizer(str(files["tokenizer"]))
     batches = torch.load(files["batches"])
     tokens = sum(b["input_ids"].numel() for b in batches)
     labelled = sum(int(b["labels"].ne(-100).sum()) for b in batches)
-    train_tokens = sum(len(x) for x in data.encode(tokenizer, train, None)[0])
+    train_tokens = sum(len(x) for x in tokenizer(train)["input_ids"])
     return {
         **{k: str(v) for k, v in files.items()},
         "corpus_bytes": sum(len(t.encode()) for t in texts), "train_texts": len(train), "eval_texts": len(held),
@@ -190,7 +183,7 @@ def prepare_inputs(corpus_mb: float, eval_blocks: int) -> dict[str, Any]:
     }
 
 
-# ---------------------------------------------------------------- data preparation timing
+# ---------------------------------------------------------------- the plain-HF data pipeline
 
 
 def hf_features(raw: Any, tokenizer: Any, max_seq_length: int) -> Any:
@@ -213,49 +206,6 @@ def hf_features(raw: Any, tokenizer: Any, max_seq_length: int) -> Any:
 
     return tokenized.map(group_texts, batched=True, num_proc=None, load_from_cache_file=True,
                          desc=f"Grouping texts in chunks of {max_seq_length}")
-
-
-def prep_once(side: str, cache: str, setup: dict[str, Any]) -> dict[str, float]:
-    """One data preparation in this (fresh) process with `cache` as every cache; seconds for loading and for
-    tokenize + pack."""
-    os.environ["LLMKIT_CACHE"] = os.environ["HF_DATASETS_CACHE"] = cache
-    import datasets  # noqa: F401 - imported before the clock starts, as in a real run
-
-    from llmkit import config, data, modeling
-
-    tokenizer = modeling.load_tokenizer(setup["tokenizer"])
-    start = time.perf_counter()
-    if side == "llmkit":
-        cfg = config.build("pretrain").data
-        train, _ = data.load_texts([setup["train"]], cfg)
-        held, _ = data.load_texts([setup["eval"]], cfg)
-        loaded = time.perf_counter()
-        blocks = data.cached_blocks(tokenizer, train, cfg, False)
-        data.cached_blocks(tokenizer, held, cfg, False)
-        n = len(blocks)
-    else:
-        raw = datasets.load_dataset("json", data_files={"train": setup["train"], "validation": setup["eval"]})
-        loaded = time.perf_counter()
-        n = len(hf_features(raw, tokenizer, SEQ)["train"])
-    return {"load_s": loaded - start, "prep_s": time.perf_counter() - loaded, "train_blocks": n}
-
-
-def time_preparation(setup: dict[str, Any], repeats: int) -> dict[str, Any]:
-    out: dict[str, dict[str, list]] = {s: {"cold": [], "cached": []} for s in ("llmkit", "hf")}
-    for r in range(repeats):
-        for side in (("llmkit", "hf") if r % 2 == 0 else ("hf", "llmkit")):
-            cache = WORK / f"prep-cache-{side}"
-            shutil.rmtree(cache, ignore_errors=True)
-            for state in ("cold", "cached"):
-                result = common.in_fresh_process(prep_once, side, str(cache), setup)
-                out[side][state].append(result)
-                common.log(f"data preparation {side} {state}: load {result['load_s']:.2f} s, tokenize+pack "
-                           f"{result['prep_s']:.2f} s ({result['train_blocks']:,} training blocks)")
-            shutil.rmtree(cache, ignore_errors=True)
-    return {side: {state: {"prep_s": common.summary([x["prep_s"] for x in runs]),
-                           "load_s": common.summary([x["load_s"] for x in runs]),
-                           "train_blocks": runs[0]["train_blocks"]} for state, runs in states.items()}
-            for side, states in out.items()}
 
 
 # ---------------------------------------------------------------- training workers (one process each)
@@ -397,8 +347,8 @@ def flops_per_token(sparse: bool, setup: dict[str, Any]) -> float:
     return 3 * (encoder + head * (setup["labelled_fraction"] if sparse else 1.0))
 
 
-def summarise(runs: dict[str, Any], setup: dict[str, Any], peak: dict[str, float], prep: dict[str, Any],
-              opts: dict[str, Any], host: dict[str, Any], wall_s: float) -> dict[str, Any]:
+def summarise(runs: dict[str, Any], setup: dict[str, Any], peak: dict[str, float], opts: dict[str, Any],
+              host: dict[str, Any], wall_s: float) -> dict[str, Any]:
     warm = setup["warmup"]
     tokens_per_step = BATCH * SEQ
     hf_steps = runs["hf"]["step_s"][warm:]
@@ -429,7 +379,7 @@ def summarise(runs: dict[str, Any], setup: dict[str, Any], peak: dict[str, float
             "wall_s": wall_s, "model": {"size": SIZE, "seq": SEQ, "batch": BATCH, **OPTIM},
             "data": {k: v for k, v in setup.items() if not k.endswith(("train", "eval", "tokenizer", "batches"))},
             "training_tokens_each": setup["steps"] * tokens_per_step, "peak_flops": peak,
-            "same_initial_weights_per_seed": same_init, "variants": rows, "data_preparation": prep}
+            "same_initial_weights_per_seed": same_init, "variants": rows}
 
 
 def variant_seed(name: str) -> int:
@@ -461,13 +411,6 @@ def print_report(report: dict[str, Any]) -> None:
     print("\n" + "\n".join(f"  {r['variant']}: {r['what']}" for r in report["variants"]))
     print(f"  variants with the same seed started from identical weights: "
           f"{'yes' if report['same_initial_weights_per_seed'] else 'NO'}")
-    prep = report["data_preparation"]
-    if prep:
-        print(f"\ndata preparation (tokenize + pack {d['corpus_bytes'] / 1e6:.1f} MB; median of {o['prep_repeats']}):")
-        for side, states in prep.items():
-            print(f"  {side:7s} cold {states['cold']['prep_s']['median']:7.2f} s   cached "
-                  f"{states['cached']['prep_s']['median']:6.2f} s   (loading the texts: cold "
-                  f"{states['cold']['load_s']['median']:.2f} s, cached {states['cached']['load_s']['median']:.2f} s)")
 
 
 if __name__ == "__main__":

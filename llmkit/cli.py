@@ -117,6 +117,48 @@ NumProcesses = Annotated[Optional[int], typer.Option("--num-processes", help="St
 
 @app.command(epilog="""Examples:
 
+  llmkit prepare --data corpus/ -o prepared/wiki        # tokenizer trained on a sample of the corpus
+
+  llmkit prepare --data wiki.jsonl.gz --tokenizer bert-base-uncased -o prepared/wiki
+
+  torchrun --nnodes 4 --nproc_per_node 1 ... -m llmkit prepare --data /shared/corpus -o /shared/prepared
+
+  llmkit pretrain --data prepared/wiki --max-steps 10000  # then train from it, as often as wanted""")
+def prepare(
+    recipe: Recipe = None,
+    data: Annotated[Optional[list[str]], typer.Option("--data", "-d", help="Text file, folder, .jsonl/.json/.csv/"
+                                                      ".parquet file (optionally .gz/.zst) or `datasets` name. "
+                                                      "Repeatable.", show_default=False)] = None,
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Use this checkpoint's tokenizer (for "
+                                                 "continued pretraining).", show_default=False)] = None,
+    tokenizer: Annotated[Optional[str], typer.Option("--tokenizer", help="Tokenizer path or name. Default: one "
+                                                     "trained on a sample of the corpus.", show_default=False)] = None,
+    output_dir: Annotated[Optional[str], typer.Option("--output-dir", "-o", help="Folder to write the prepared data "
+                                                      "to.", show_default=False)] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a preparation made with other data or "
+                                            "settings.")] = False,
+    set_: Sets = None,
+) -> None:
+    """Tokenize a corpus once into memory-mapped shards that `llmkit pretrain --data DIR` trains from."""
+    _offline_hint()
+
+    def go():
+        import json
+
+        from llmkit import config, prepare as recipe_module
+        from llmkit.console import is_main_process
+
+        flags = {"data.train": data, "model.name": model, "model.tokenizer": tokenizer}
+        cfg = config.build("pretrain", recipe, flags, set_)
+        result = recipe_module.run(cfg, output_dir, overwrite=overwrite)
+        if is_main_process():
+            print(json.dumps(result))
+
+    guarded(go)
+
+
+@app.command(epilog="""Examples:
+
   llmkit pretrain                                   # tiny run on the built-in corpus
 
   llmkit pretrain cpu-quick --data corpus.txt -o runs/mlm

@@ -42,14 +42,18 @@ class DataConfig:
     text_column: str | None = None  # None: auto-detect (text, sentence, content, ...)
     text_pair_column: str | None = None
     label_column: str | None = None
-    txt_unit: Literal["paragraph", "line"] = "paragraph"  # one .txt document per paragraph or per line
+    # .txt documents: blank-line-separated paragraphs if the file has blank lines, else lines (auto); or forced
+    txt_unit: Literal["auto", "paragraph", "line"] = "auto"
+    streaming: bool = False  # read sources through `datasets` streaming (no download or Arrow conversion first)
     max_seq_length: int = 128
     packing: bool = True  # pretrain: pack texts into full blocks; False: one example per text, truncated
-    eval_fraction: float = 0.05
+    eval_fraction: float = 0.05  # pretrain: documents held out by a seeded hash of their text
+    split_seed: int = 0  # the held-out split's seed (not the training seed: reruns share prepared data)
     max_eval_samples: int | None = 2000
     encoding_errors: Literal["strict", "replace"] = "strict"
-    num_proc: int | None = None  # tokenization processes; None: chosen from the data size
-    cache_dir: str | None = None  # tokenized-feature cache; None: ~/.cache/llmkit
+    num_proc: int | None = None  # tokenization processes per rank; None: every core (shared by a node's ranks)
+    tokenizer_sample_bytes: int = 100_000_000  # from scratch: train the tokenizer on at most this much text
+    cache_dir: str | None = None  # prepared-data cache; None: ~/.cache/llmkit (or $LLMKIT_CACHE)
 
     def problems(self) -> list[str]:
         out = []
@@ -61,6 +65,8 @@ class DataConfig:
             out.append(f"data.max_eval_samples must be >= 1, got {self.max_eval_samples}")
         if self.num_proc is not None and self.num_proc < 1:
             out.append(f"data.num_proc must be >= 1, got {self.num_proc}")
+        if self.tokenizer_sample_bytes < 1_000_000:
+            out.append(f"data.tokenizer_sample_bytes must be at least 1000000 (1 MB), got {self.tokenizer_sample_bytes}")
         return out
 
 

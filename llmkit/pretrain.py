@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,7 @@ from llmkit import config as config_lib
 from llmkit import data, outputs
 from llmkit.config import RunConfig
 from llmkit.console import log
-from llmkit.errors import ConfigError, DataError
+from llmkit.errors import ConfigError
 
 USAGE = """\
 from transformers import pipeline
@@ -22,47 +23,45 @@ print(fill("The function returns a {mask} of the values."))
 # Settings that may differ when a run is resumed: they change neither the data nor the optimisation.
 RESUMABLE_CHANGES = {"training.logging_steps", "training.eval_steps", "training.save_steps",
                      "training.save_total_limit", "training.dataloader_num_workers", "data.num_proc",
-                     "data.cache_dir", "training.per_device_eval_batch_size", "data.max_eval_samples"}
+                     "data.cache_dir", "training.per_device_eval_batch_size", "data.max_eval_samples",
+                     "data.streaming"}
 
 
 def run(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
     """Pretrain per `cfg`; returns the final metrics. Writes the run directory described in DESIGN.md."""
-    # 1. validate everything cheap before loading anything
+    # 1. validate everything cheap before loading anything: the run directory, the settings, the corpus
     run_dir, finished = outputs.prepare(cfg, resume, overwrite, RESUMABLE_CHANGES, log)
     if finished is not None:
         return finished
+    corpus = data.plan_corpus(cfg.data)
 
-    # 2. data: training texts and a held-out split
-    texts, source = (data.builtin_corpus(data.cache_root(cfg.data)), "the built-in sample corpus (Python standard "
-                     "library docstrings)") if not cfg.data.train else data.load_texts(cfg.data.train, cfg.data)
-    if cfg.data.eval:
-        eval_texts, _ = data.load_texts(cfg.data.eval, cfg.data)
-    elif cfg.data.eval_split:
-        eval_texts, _ = data.load_texts(cfg.data.train, cfg.data, split=cfg.data.eval_split)
-    else:
-        texts, eval_texts = data.split_eval(texts, cfg.data.eval_fraction, cfg.seed)
-    log(f"data: {len(texts):,} training and {len(eval_texts):,} evaluation texts from {source}")
-
-    # 3. placement and precision (sets up the process group under accelerate/torchrun)
+    # 2. placement and precision (sets up the process group under accelerate/torchrun)
     from llmkit import modeling, training
 
     precision, why = modeling.resolve_precision(cfg.precision)
     args = training.training_arguments(
-        cfg, run_dir.checkpoints, precision, remove_unused_columns=False,  # keep "index" for SeededMasking
+        cfg, run_dir.checkpoints, precision, remove_unused_columns=False,  # keep "index": it keys the masks
         # a masked LM uses every parameter each step: spare DDP its per-step search for unused ones
         ddp_find_unused_parameters=cfg.training.get("ddp_find_unused_parameters", False))
     attention = modeling.resolve_attention(cfg.model.attn_implementation, args.device.type)
     log(f"precision: {precision} ({why}); attention: {attention}")
 
-    # 4. tokenizer and model
+    # 3. tokenizer and data: tokenized once into memory-mapped shards, every rank taking a share
     import transformers
 
     transformers.set_seed(cfg.seed)
-    with args.main_process_first(desc="tokenizer"):
-        tokenizer = tokenizer_for(cfg, texts)
+    with training.data_stage(args) as barrier:
+        ranks = dict(rank=args.process_index, world=args.world_size, barrier=barrier)
+        tokenizer = tokenizer_for(cfg, corpus, **ranks)
+        prepared = data.prepare_corpus(corpus, tokenizer, cfg.data, local_world=local_processes(), log=log, **ranks)
+    train_blocks, eval_blocks = data.open_blocks(prepared, cfg.data, tokenizer)
+    log(f"data: {corpus.description}: {data.describe(prepared.manifest)}")
+    log(f"features: {len(train_blocks):,} training blocks ({train_blocks.num_tokens:,} tokens), "
+        f"{len(eval_blocks):,} evaluation blocks of up to {cfg.data.max_seq_length} tokens")
+
+    # 4. model
     if cfg.model.name:
-        model, note = modeling.load_mlm(cfg.model.name, cfg.model.trust_remote_code, attention,
-                                       cfg.model.dropout)
+        model, note = modeling.load_mlm(cfg.model.name, cfg.model.trust_remote_code, attention, cfg.model.dropout)
         if note:
             log(note)
         modeling.check_vocab(model, tokenizer, cfg.model.name, cfg.model.tokenizer or cfg.model.name)
@@ -73,21 +72,44 @@ def run(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> dict[s
     log(f"model: {shape['architecture']} {shape['layers']}x{shape['hidden_size']}, {shape['parameters'] / 1e6:.1f}M "
         f"parameters, vocabulary {len(tokenizer):,}")
 
-    # 5. features: tokenized, packed, cached (built once on the main process, loaded by the others)
-    with args.main_process_first(desc="tokenization"):
-        train_blocks = data.cached_blocks(tokenizer, texts, cfg.data, cfg.mlm.whole_word_mask, log)
-        eval_blocks = data.cached_blocks(tokenizer, eval_texts, cfg.data, cfg.mlm.whole_word_mask, log)
-    if cfg.data.max_eval_samples:
-        eval_blocks = eval_blocks.select(cfg.data.max_eval_samples)
-    if len(train_blocks) == 0:
-        raise DataError("The training texts produced no tokens. Give data with text in it.")
-    log(f"features: {len(train_blocks):,} training blocks ({train_blocks.num_tokens:,} tokens), "
-        f"{len(eval_blocks):,} evaluation blocks of up to {cfg.data.max_seq_length} tokens")
+    # 5. trainer: keyed masks, keyed block order, the MLM head and loss only at masked positions
+    trainer, guard, effective_batch = make_trainer(cfg, args, model, tokenizer, train_blocks, eval_blocks)
 
-    # 6. trainer
-    collator = training.SeededMasking(transformers.DataCollatorForLanguageModeling(
-        tokenizer=tokenizer, mlm_probability=cfg.mlm.probability, mask_replace_prob=cfg.mlm.mask_replace_prob,
-        random_replace_prob=cfg.mlm.random_replace_prob, whole_word_mask=cfg.mlm.whole_word_mask), cfg.seed)
+    # 6. train (Ctrl-C / SIGTERM save a checkpoint; a non-finite loss stops without saving)
+    result = training.train(trainer, guard, run_dir, config_lib.dump(cfg))
+
+    # 7. evaluate (unless the last step just did) and save the run directory
+    if training.effective_batch_size(args, trainer) != effective_batch:
+        effective_batch = training.effective_batch_size(args, trainer)
+        log(f"batch: auto_find_batch_size lowered it to {trainer.state.train_batch_size} per device = "
+            f"{effective_batch} sequences per step")
+    last = trainer.state.log_history[-2:] if trainer.state.log_history else []
+    done = [e for e in last if "eval_loss" in e and e.get("step") == trainer.state.global_step]
+    metrics = done[-1] if done else trainer.evaluate()
+    summary = final_metrics(metrics, result.metrics, trainer, effective_batch, cfg, precision, train_blocks)
+    save(run_dir, trainer, tokenizer, cfg, summary, corpus.description, shape)
+    return summary
+
+
+def local_processes() -> int:
+    """Processes of this run on this machine (torchrun and accelerate launch set LOCAL_WORLD_SIZE)."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+
+
+def make_trainer(cfg: RunConfig, args: Any, model: Any, tokenizer: Any, train_blocks: Any, eval_blocks: Any):
+    """(MLMTrainer, its guard callback, sequences per optimizer step)."""
+    import transformers
+
+    from llmkit import masking, training
+
+    replace, random_ = cfg.mlm.mask_replace_prob, cfg.mlm.random_replace_prob
+    if cfg.mlm.whole_word_mask and (replace, random_) != (1.0, 0.0):
+        log("whole-word masking replaces every selected word with the mask token (as DataCollatorForLanguageModeling "
+            "does): mlm.mask_replace_prob=1, mlm.random_replace_prob=0")
+        replace, random_ = 1.0, 0.0
+    collator = masking.KeyedMasking(tokenizer=tokenizer, mlm_probability=cfg.mlm.probability,
+                                    mask_replace_prob=replace, random_replace_prob=random_,
+                                    whole_word_mask=cfg.mlm.whole_word_mask, key=cfg.seed)
     effective_batch = training.effective_batch_size(args)
     guard = training.GuardCallback()
     trainer = training.MLMTrainer(
@@ -100,47 +122,43 @@ def run(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> dict[s
         log(f"{type(model).__name__} has no known per-token MLM head; computing the full head (same results, slower)")
     log(f"batch: {args.per_device_train_batch_size} per device x {args.gradient_accumulation_steps} accumulation x "
         f"{args.world_size} process(es) = {effective_batch} sequences per step")
-
-    # 7. train (Ctrl-C / SIGTERM save a checkpoint; a non-finite loss stops without saving)
-    result = training.train(trainer, guard, run_dir, config_lib.dump(cfg))
-
-    # 8. evaluate (unless the last step just did) and save the run directory
-    if training.effective_batch_size(args, trainer) != effective_batch:
-        effective_batch = training.effective_batch_size(args, trainer)
-        log(f"batch: auto_find_batch_size lowered it to {trainer.state.train_batch_size} per device = "
-            f"{effective_batch} sequences per step")
-    last = trainer.state.log_history[-2:] if trainer.state.log_history else []
-    done = [e for e in last if "eval_loss" in e and e.get("step") == trainer.state.global_step]
-    metrics = done[-1] if done else trainer.evaluate()
-    summary = final_metrics(metrics, result.metrics, trainer, effective_batch, cfg, precision, train_blocks)
-    save(run_dir, trainer, tokenizer, cfg, summary, source, shape)
-    return summary
+    return trainer, guard, effective_batch
 
 
-def tokenizer_for(cfg: RunConfig, texts: list[str]) -> Any:
+def tokenizer_for(cfg: RunConfig, corpus: data.Corpus, rank: int = 0, world: int = 1,
+                  barrier: Any = lambda: None) -> Any:
+    """The model's or the given tokenizer, the prepared folder's, or one trained on a sample of the corpus
+    (by the main process, cached; the other ranks load it)."""
     from llmkit import modeling
 
-    if cfg.model.tokenizer or cfg.model.name:
-        name = cfg.model.tokenizer or cfg.model.name
+    name = cfg.model.tokenizer or cfg.model.name or (str(corpus.folder / "tokenizer") if corpus.folder else None)
+    if name:
         tokenizer = modeling.load_tokenizer(name, cfg.model.trust_remote_code)
         if tokenizer.mask_token is None:
             raise ConfigError(f"Tokenizer '{name}' has no mask token, which masked-LM pretraining needs. Use a "
                               f"BERT-style tokenizer.")
         return tokenizer
-    return cached_trained_tokenizer(cfg, texts)
+    if rank != 0:
+        barrier()  # the main process trains it first
+    tokenizer = cached_trained_tokenizer(cfg, corpus)
+    if rank == 0:
+        barrier()
+    return tokenizer
 
 
-def cached_trained_tokenizer(cfg: RunConfig, texts: list[str]) -> Any:
-    """Train a WordPiece tokenizer on the corpus, cached by (texts, vocab size, lowercase)."""
+def cached_trained_tokenizer(cfg: RunConfig, corpus: data.Corpus) -> Any:
+    """Train a WordPiece tokenizer on a bounded sample of the corpus, cached by (corpus, sample, vocabulary)."""
     import hashlib
 
     from llmkit import modeling
 
-    key = hashlib.sha256(f"{data.texts_fingerprint(texts)}-{cfg.model.vocab_size}-{cfg.model.lowercase}".encode())
-    folder = data.cache_root(cfg.data) / "tokenizers" / key.hexdigest()[:24]
+    settings = f"{corpus.train.fingerprint}-{cfg.data.tokenizer_sample_bytes}-{cfg.model.vocab_size}-{cfg.model.lowercase}"
+    folder = data.cache_root(cfg.data) / "tokenizers" / hashlib.sha256(settings.encode()).hexdigest()[:24]
     if (folder / "tokenizer.json").is_file():
         return modeling.load_tokenizer(str(folder))
-    log(f"training a WordPiece tokenizer ({cfg.model.vocab_size:,} tokens) on the corpus")
+    sample = min(corpus.train.total_bytes, cfg.data.tokenizer_sample_bytes)
+    log(f"training a WordPiece tokenizer ({cfg.model.vocab_size:,} tokens) on {sample / 1e6:,.1f} MB of the corpus")
+    texts = data.tokenizer_sample(corpus, cfg.data.tokenizer_sample_bytes, cfg.data.split_seed)
     tokenizer = modeling.train_tokenizer(texts, cfg.model.vocab_size, cfg.model.lowercase)
     try:
         tokenizer.save_pretrained(str(folder))
@@ -150,7 +168,7 @@ def cached_trained_tokenizer(cfg: RunConfig, texts: list[str]) -> Any:
 
 
 def final_metrics(metrics: dict[str, Any], train: dict[str, Any], trainer: Any, effective_batch: int,
-                  cfg: RunConfig, precision: str, blocks: data.Blocks) -> dict[str, Any]:
+                  cfg: RunConfig, precision: str, blocks: data.TokenBlocks) -> dict[str, Any]:
     steps = trainer.state.global_step
     runtime = train.get("train_runtime") or float("nan")
     tokens_seen = int(getattr(trainer.state, "num_input_tokens_seen", 0) or 0) or \

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import signal
 import time
@@ -17,7 +18,7 @@ from llmkit.console import log
 from llmkit.errors import ConfigError
 from llmkit.modeling import MaskedPositionsHead, has_accelerator
 
-DDP_TIMEOUT = 4 * 3600  # seconds; the other processes wait this long for the main one to tokenize a big corpus
+DATA_TIMEOUT_S = 24 * 3600  # the data stage may wait this long for the slowest rank's share of tokenization
 
 
 def training_arguments(cfg: Any, output_dir: Path, precision: str, **overrides: Any) -> TrainingArguments:
@@ -30,9 +31,6 @@ def training_arguments(cfg: Any, output_dir: Path, precision: str, **overrides: 
         # CPU training, explicitly: bf16 autocast on the CPU needs it, and under torchrun / accelerate launch
         # it is what makes Accelerate join the processes with gloo instead of running N independent copies.
         values.setdefault("use_cpu", True)
-    # The main process tokenizes while the others wait in a barrier bounded by this timeout (NCCL's default of
-    # 30 minutes is too short for a big corpus). Applies to GPU process groups; see README "Placement".
-    values.setdefault("ddp_timeout", DDP_TIMEOUT)
     # llmkit's --precision decides; an Accelerate config's mixed_precision (passed by `accelerate launch` as
     # ACCELERATE_MIXED_PRECISION) would otherwise silently turn an fp32 run into a mixed-precision one.
     wanted = {"bf16": "bf16", "fp16": "fp16"}.get(precision, "no")
@@ -61,6 +59,29 @@ def training_arguments(cfg: Any, output_dir: Path, precision: str, **overrides: 
             f"add --num-processes {args.n_gpu} (or run under accelerate launch / torchrun)")
         args._n_gpu = 1
     return args
+
+
+@contextlib.contextmanager
+def data_stage(args: TrainingArguments):
+    """A barrier for the data stage of a launched run, on a gloo group of its own with a long timeout.
+
+    Ranks wait there for each other's share of tokenization (or for the main process to train a tokenizer);
+    the training collectives keep `ddp_timeout` (30 minutes by default), so a rank that hangs mid-training
+    does not hold every GPU for hours. The group is destroyed when the data stage ends. A no-op in a single
+    process.
+    """
+    if args.world_size <= 1:
+        yield lambda: None
+        return
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    group = dist.new_group(backend="gloo", timeout=timedelta(seconds=DATA_TIMEOUT_S))
+    try:
+        yield lambda: dist.barrier(group=group)
+    finally:
+        dist.destroy_process_group(group)
 
 
 def effective_batch_size(args: TrainingArguments, trainer: Trainer | None = None) -> int:
@@ -133,54 +154,10 @@ def mlm_logits(model: torch.nn.Module, inputs: dict[str, torch.Tensor], sparse: 
     return logits, labels[positions], rows
 
 
-class SeededMasking:
-    """Wraps an MLM collator so each sample's masks depend only on (seed, epoch, the sample's index).
-
-    Masks drawn from the global RNG depend on how many batches were collated before, which a resumed run
-    cannot reproduce (the data loader prefetches; skipped batches are not collated). Keyed masks make a
-    resumed run see exactly the masks of an uninterrupted one, and every evaluation the same masks. Keying
-    each sample (not the batch) makes them independent of how samples are grouped into batches, so a run
-    on N processes with batch B sees the same masks as a run on 1 process with batch N x B.
-    Dataset items carry an "index" key, removed here.
-    """
-
-    def __init__(self, collator: Any, seed: int):
-        self.collator, self.seed, self.epoch = collator, seed, 0
-
-    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
-        import numpy as np
-
-        rows = []
-        for example in examples:
-            index = int(example["index"])
-            entropy = np.random.SeedSequence([self.seed, self.epoch + 1, index]).generate_state(2, np.uint32)
-            self.collator.generator = torch.Generator().manual_seed(int(entropy[0]) << 32 | int(entropy[1]))
-            rows.append(self.collator([{k: v for k, v in example.items() if k != "index"}]))
-        return self._stack(rows)
-
-    def _stack(self, rows: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-        """Pad single-sample batches to one batch (as the collator pads: its side, pad id, labels -100)."""
-        tokenizer = self.collator.tokenizer
-        length = max(row["input_ids"].shape[1] for row in rows)
-        multiple = self.collator.pad_to_multiple_of
-        if multiple:
-            length = -(-length // multiple) * multiple
-        left = getattr(tokenizer, "padding_side", "right") == "left"
-        fill = {"input_ids": tokenizer.pad_token_id or 0, "labels": -100}
-        batch = {}
-        for key in rows[0]:
-            parts = []
-            for row in rows:
-                missing = length - row[key].shape[1]
-                parts.append(F.pad(row[key], (missing, 0) if left else (0, missing), value=fill.get(key, 0)))
-            batch[key] = torch.cat(parts)
-        return batch
-
-
 class MaskingEpochCallback(TrainerCallback):
-    """Tells `SeededMasking` which epoch is running (so each epoch draws fresh masks)."""
+    """Tells `masking.KeyedMasking` which epoch is running (so each epoch draws fresh masks)."""
 
-    def __init__(self, masking: SeededMasking):
+    def __init__(self, masking: Any):
         self.masking = masking
 
     def on_epoch_begin(self, args, state, control, **kwargs):
@@ -200,6 +177,14 @@ class MLMTrainer(SeededTrainer):
         super().__init__(*args, **kwargs)
         self.sparse = MaskedPositionsHead(self.model) if sparse_head else None
         self.model_accepts_loss_kwargs = True  # ask the Trainer for num_items_in_batch
+
+    def _get_train_sampler(self, train_dataset=None):
+        """Blocks in a keyed order per (data seed, epoch): O(1) memory, the same on every rank (data.KeyedShuffle)."""
+        from llmkit.data import KeyedShuffle
+
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+        return KeyedShuffle(len(dataset), seed)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         logits, labels, _ = mlm_logits(model, inputs, self.sparse)
@@ -233,7 +218,7 @@ class MLMTrainer(SeededTrainer):
         cpu_state = torch.get_rng_state()
         cuda_states = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
         torch.manual_seed(self.args.seed + self.args.process_index)
-        masking = self.data_collator if isinstance(self.data_collator, SeededMasking) else None
+        masking = self.data_collator if hasattr(self.data_collator, "epoch") else None
         epoch = masking.epoch if masking else None
         if masking:
             masking.epoch = -1  # evaluation masks never change

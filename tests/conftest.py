@@ -70,6 +70,24 @@ def tiny_mlm(tmp_path_factory) -> Path:
     return make_tiny_mlm(tmp_path_factory.mktemp("tiny-mlm"))
 
 
+def prepare_texts(tmp_path: Path, tokenizer, texts: list[str], name: str = "prepared", fraction: float = 0.0,
+                  num_proc: int = 1, **data_settings):
+    """(folder, manifest): `texts` (one paragraph each) tokenized into a prepared folder, as a run prepares them."""
+    from llmkit import config, data
+    from llmkit.data import prepared
+
+    corpus, text = tmp_path / f"{name}.txt", "\n\n".join(texts) + "\n"
+    if not corpus.is_file() or corpus.read_text(encoding="utf-8") != text:  # rewriting would change the data's key
+        corpus.write_text(text, encoding="utf-8")
+    cfg = config.build("pretrain").data
+    for key, value in data_settings.items():
+        setattr(cfg, key, value)
+    plan = data.plan([str(corpus)], cfg)
+    folder = tmp_path / name
+    settings = data.corpus.settings(plan, tokenizer, cfg, fraction, folder)
+    return folder, prepared.prepare(plan, tokenizer, folder, settings, num_proc=num_proc)
+
+
 def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: int = 600,
             stdin: str | None = None) -> subprocess.CompletedProcess:
     """The real `llmkit` CLI in a subprocess (python -m llmkit), offline."""

@@ -23,7 +23,7 @@ def test_help_does_not_import_torch_or_transformers():
     assert "HEAVY []" in out
 
 
-@pytest.mark.parametrize("command", ["pretrain", "finetune", "fill-mask", "predict"])
+@pytest.mark.parametrize("command", ["prepare", "pretrain", "finetune", "fill-mask", "predict"])
 def test_every_command_help_has_examples(command):
     result = runner.invoke(app, [command, "--help"])
     assert result.exit_code == 0

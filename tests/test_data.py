@@ -1,14 +1,20 @@
-"""Data: loading, validation, tokenization, packing, caching and masking."""
+"""Data: reading sources in units, the document rule, preparing shards, blocks, keyed order and masks."""
 
 from __future__ import annotations
 
+import gzip
 import json
+import random
+import threading
 
 import numpy as np
 import pytest
 
 from llmkit import config, data
+from llmkit.data import prepared as prep
+from llmkit.data import sources
 from llmkit.errors import DataError
+from tests.conftest import prepare_texts as prepare
 from tests.conftest import toy_corpus
 
 
@@ -26,213 +32,297 @@ def cfg_data(**overrides):
     return cfg
 
 
-def test_txt_paragraphs_and_lines(tmp_path):
-    f = tmp_path / "a.txt"
-    f.write_text("first line\nsame paragraph\n\nsecond   paragraph\r\n\n\n", encoding="utf-8")
-    assert data.read_text_file(f, "paragraph") == ["first line same paragraph", "second paragraph"]
-    assert data.read_text_file(f, "line") == ["first line", "same paragraph", "second paragraph"]
+def docs_of(paths, **overrides) -> list[str]:
+    plan = data.plan([str(p) for p in paths], cfg_data(**overrides))
+    return [d for unit in plan.units for d in data.documents(unit, overrides.get("encoding_errors", "strict"))]
 
 
-def test_non_utf8_reports_byte_offset_and_replace_option(tmp_path):
-    f = tmp_path / "latin1.txt"
-    f.write_bytes("caf".encode() + b"\xe9 au lait")
-    with pytest.raises(DataError, match=r"not valid UTF-8 \(byte offset 3.*data\.encoding_errors=replace"):
-        data.read_text_file(f)
-    assert data.read_text_file(f, errors="replace") == ["caf\ufffd au lait"]
+# ---------------------------------------------------------------- reading
 
 
-def test_missing_empty_and_unsupported_files(tmp_path):
-    with pytest.raises(DataError, match="does not exist"):
-        data.expand_files([str(tmp_path / "nope.txt")])
-    empty = tmp_path / "empty.txt"
-    empty.write_text("")
-    with pytest.raises(DataError, match="is empty"):
-        data.expand_files([str(empty)])
-    odd = tmp_path / "x.docx"
-    odd.write_text("hi")
-    with pytest.raises(DataError, match="unsupported type '.docx'"):
-        data.expand_files([str(odd)])
+def test_txt_documents_are_paragraphs_when_the_file_has_blank_lines_else_lines(tmp_path):
+    paras = tmp_path / "paras.txt"
+    paras.write_text("first line\nsame paragraph\n\nsecond   paragraph\r\n \n\n", encoding="utf-8")
+    assert docs_of([paras]) == ["first line same paragraph", "second paragraph"]
+    lines = tmp_path / "lines.txt"  # one document per line (Wikipedia dumps, CC-100 lines, most Chinese corpora)
+    lines.write_text("第一篇文档。\nsecond  document\nthird\n", encoding="utf-8")
+    assert docs_of([lines]) == ["第一篇文档。", "second document", "third"]
+    assert docs_of([paras], txt_unit="line") == ["first line", "same paragraph", "second paragraph"]
+    assert docs_of([lines], txt_unit="paragraph") == ["第一篇文档。 second document third"]
+    plan = data.plan([str(lines)], cfg_data())
+    assert any("one document per line" in note for note in plan.notes)
 
 
-def test_folder_and_table_formats(tmp_path):
+def test_a_large_file_is_cut_into_units_at_document_boundaries(tmp_path):
+    rng = random.Random(0)
+    words = "alpha beta gamma delta 北京 ωmega épée".split()
+    paragraphs = [" ".join(rng.choice(words) for _ in range(rng.randint(1, 400))) for _ in range(12000)]
+    big = tmp_path / "big.txt"
+    big.write_text("\n\n".join(p.replace(" ", "\n", 3) for p in paragraphs) + "\n", encoding="utf-8")
+    plan = data.plan([str(big)], cfg_data())
+    assert len(plan.units) >= 3 and sum(u.size for u in plan.units) == big.stat().st_size
+    assert [u.start for u in plan.units[1:]] == [u.stop for u in plan.units[:-1]]  # contiguous, no gap
+    assert docs_of([big]) == paragraphs  # the same documents as reading it whole, none cut or doubled
+    lines = tmp_path / "lines.jsonl"
+    lines.write_text("".join(json.dumps({"text": p, "n": i}) + "\n" for i, p in enumerate(paragraphs)))
+    assert len(data.plan([str(lines)], cfg_data()).units) >= 3
+    assert docs_of([lines]) == paragraphs
+
+
+def test_formats_compression_and_folders(tmp_path):
+    rows = [{"body": "alpha", "id": 1}, {"body": None, "id": 2}, {"body": "beta  gamma", "id": 3}]
     (tmp_path / "d").mkdir()
-    (tmp_path / "d" / "a.txt").write_text("one text\n\ntwo text\n")
-    (tmp_path / "d" / "b.txt").write_text("three text\n")
-    texts, _ = data.load_texts([str(tmp_path / "d")], cfg_data())
-    assert texts == ["one text", "two text", "three text"]
-    rows = [{"body": "alpha", "id": 1}, {"body": "beta", "id": 2}]
-    jl = tmp_path / "t.jsonl"
-    jl.write_text("\n".join(json.dumps(r) for r in rows))
-    texts, _ = data.load_texts([str(jl)], cfg_data(text_column="body"))
-    assert texts == ["alpha", "beta"]
-    # auto-detected: the only string column
-    texts, _ = data.load_texts([str(jl)], cfg_data())
-    assert texts == ["alpha", "beta"]
+    with gzip.open(tmp_path / "d" / "a.jsonl.gz", "wt", encoding="utf-8") as f:
+        f.write("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "d" / "b.txt").write_text("three text\n\nfour\n")
+    (tmp_path / "d" / ".hidden.txt").write_text("never read\n")
+    assert docs_of([tmp_path / "d"]) == ["alpha", "beta gamma", "three text", "four"]  # sorted, None skipped
     csv = tmp_path / "t.csv"
-    csv.write_text("text,label\nhello world,1\nbye,0\n")
-    assert data.load_texts([str(csv)], cfg_data())[0] == ["hello world", "bye"]
+    csv.write_text('text,label\n"hello, world",1\n"a ""quoted""\nline",0\n')
+    assert docs_of([csv]) == ["hello, world", 'a "quoted" line']
+    array = tmp_path / "t.json"
+    array.write_text(json.dumps([{"content": "x y"}, {"content": "z"}]))
+    assert docs_of([array]) == ["x y", "z"]
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"n": list(range(50)), "text": [f"row {i}" for i in range(50)]}), tmp_path / "t.parquet",
+                   row_group_size=7)
+    assert docs_of([tmp_path / "t.parquet"]) == [f"row {i}" for i in range(50)]
 
 
-def test_wrong_column_says_did_you_mean(tmp_path):
+def test_bad_sources_fail_with_one_clear_line(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        data.plan([str(tmp_path / "nope.txt")], cfg_data())
+    (tmp_path / "empty.txt").write_text("")
+    with pytest.raises(DataError, match="is empty"):
+        data.plan([str(tmp_path / "empty.txt")], cfg_data())
+    (tmp_path / "x.docx").write_text("hi")
+    with pytest.raises(DataError, match="unsupported type '.docx'"):
+        data.plan([str(tmp_path / "x.docx")], cfg_data())
     jl = tmp_path / "t.jsonl"
     jl.write_text(json.dumps({"body": "x"}) + "\n")
     with pytest.raises(DataError, match=r"Column 'bdy' not found.*Did you mean 'body'\?.*--text-column"):
-        data.load_texts([str(jl)], cfg_data(text_column="bdy"))
+        data.plan([str(jl)], cfg_data(text_column="bdy"))
+    latin = tmp_path / "latin1.txt"
+    latin.write_bytes("caf".encode() + b"\xe9 au lait")
+    with pytest.raises(DataError, match=r"not valid UTF-8 \(byte offset 3.*data\.encoding_errors=replace"):
+        docs_of([latin])
+    assert docs_of([latin], encoding_errors="replace") == ["caf\ufffd au lait"]
 
 
-def test_empty_corpus_after_filtering(tmp_path):
-    f = tmp_path / "blank.jsonl"
-    f.write_text(json.dumps({"text": "   "}) + "\n")
-    with pytest.raises(DataError, match="No text found"):
-        data.load_texts([str(f)], cfg_data())
+# ---------------------------------------------------------------- the held-out split
 
 
-def test_split_is_seeded_document_level_and_disjoint():
-    texts = [f"doc {i}" for i in range(100)]
-    train, held = data.split_eval(texts, 0.1, seed=3)
-    assert len(held) == 10 and len(train) == 90
-    assert set(train).isdisjoint(held) and set(train) | set(held) == set(texts)
-    assert data.split_eval(texts, 0.1, seed=3) == (train, held)
-    assert data.split_eval(texts, 0.1, seed=4)[1] != held
+def test_held_out_split_is_a_seeded_hash_of_each_document():
+    docs = [f"document number {i}" for i in range(20000)]
+    held = [d for d in docs if data.held_out(d, 0.05, seed=0)]
+    assert 0.045 < len(held) / len(docs) < 0.055
+    assert held == [d for d in reversed(docs) if data.held_out(d, 0.05, seed=0)][::-1]  # order-free, streamable
+    assert [d for d in docs if data.held_out(d, 0.05, seed=1)] != held
+    assert data.held_out("same text", 0.5, 0) == data.held_out("same text", 0.5, 0)  # duplicates stay together
+    assert not any(data.held_out(d, 0.0, 0) for d in docs)
 
 
-def test_packing_keeps_every_token_in_order(tokenizer):
-    texts = toy_corpus(50)
-    blocks = data.build_blocks(tokenizer, texts, max_seq_length=32, packing=True)
-    expected = [i for t in texts for i in tokenizer(t)["input_ids"]]  # [CLS] ... [SEP] per text
-    got = [i for b in range(len(blocks)) for i in blocks[b]["input_ids"]]
-    assert got == expected
-    lengths = blocks.lengths()
-    assert (lengths[:-1] == 32).all() and 0 < lengths[-1] <= 32  # full blocks; only the last may be short
-    item = blocks[0]
-    special = set(tokenizer.all_special_ids)
-    assert item["special_tokens_mask"] == [int(i in special) for i in item["input_ids"]]
+# ---------------------------------------------------------------- preparing
 
 
-def test_line_by_line_truncates(tokenizer):
+def test_prepared_folder_manifest_dtype_and_tokens_in_order(tmp_path, tokenizer):
+    texts = toy_corpus(200)
+    folder, manifest = prepare(tmp_path, tokenizer, texts, fraction=0.1)
+    assert manifest["format"] == "llmkit-prepared" and manifest["dtype"] == "uint16"
+    assert manifest["tokenizer"]["fingerprint"] == data.tokenizer_fingerprint(tokenizer)
+    assert (folder / "tokenizer" / "tokenizer.json").is_file()
+    train, held = manifest["splits"]["train"], manifest["splits"]["eval"]
+    assert train["documents"] + held["documents"] == len(texts) and held["documents"] > 0
+    expected = [t for t in texts if not data.held_out(t, 0.1, 0)]
+    blocks = data.TokenBlocks(folder, "train", manifest, max_seq_length=32)
+    got = np.concatenate([blocks.ids(i) for i in range(len(blocks))]).tolist()
+    assert got == [i for t in expected for i in tokenizer(t)["input_ids"]]  # [CLS] ... [SEP] per text, in order
+    lengths = [len(blocks.ids(i)) for i in range(len(blocks))]
+    assert set(lengths[:-1]) == {32} and 0 < lengths[-1] <= 32  # full blocks; only the last may be short
+    assert blocks.num_tokens == train["tokens"] == len(got)
+    assert prep.token_dtype(65536) == np.uint16 and prep.token_dtype(65537) == np.uint32
+
+
+def test_one_document_per_example_is_truncated_keeping_the_closing_token(tmp_path, tokenizer):
     texts = ["alpha beta gamma delta epsilon zeta eta theta iota kappa", "mu"]
-    blocks = data.build_blocks(tokenizer, texts, max_seq_length=8, packing=False)
+    folder, manifest = prepare(tmp_path, tokenizer, texts)
+    blocks = data.TokenBlocks(folder, "train", manifest, max_seq_length=8, packing=False)
     assert len(blocks) == 2
-    assert blocks.lengths().tolist() == [8, len(tokenizer("mu")["input_ids"])]
-    assert blocks[0]["input_ids"][-1] == tokenizer.sep_token_id
+    assert len(blocks.ids(0)) == 8 and blocks.ids(0)[-1] == tokenizer.sep_token_id
+    assert blocks.ids(1).tolist() == tokenizer("mu")["input_ids"]
 
 
-def test_cjk_is_split_per_character(tokenizer):
-    pieces = tokenizer.tokenize("我爱北京")
-    assert pieces == ["我", "爱", "北", "京"]
+def test_worker_processes_and_ranks_give_the_same_shards(tmp_path, tokenizer):
+    texts = toy_corpus(3000) * 16  # about 2.4 MB: several units
+    big = tmp_path / "big.txt"
+    big.write_text("\n\n".join(texts) + "\n")
+    cfg = cfg_data(train=[str(big)])
+    plan = data.plan([str(big)], cfg)
+    sources_per_unit = [u.size for u in plan.units]
+    assert len(sources_per_unit) >= 2, "the test needs several units"
+    outputs = {}
+    for name, world, num_proc in (("one", 1, 1), ("pool", 1, 2), ("ranks", 2, 1)):
+        folder = tmp_path / name
+        settings = data.corpus.settings(plan, tokenizer, cfg, 0.05, folder)
+        barrier = threading.Barrier(world)
+        manifests = [None] * world
+
+        def rank_run(rank):  # ranks as threads sharing a barrier, as processes share one in a launched run
+            manifests[rank] = prep.prepare(plan, tokenizer, folder, settings, num_proc=num_proc, rank=rank,
+                                           world=world, barrier=barrier.wait)
+
+        threads = [threading.Thread(target=rank_run, args=(r,)) for r in range(world)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert manifests[0] == manifests[-1]
+        blocks = data.TokenBlocks(folder, "train", manifests[0], 64)
+        outputs[name] = np.concatenate([blocks.ids(i) for i in range(len(blocks))])
+    assert np.array_equal(outputs["one"], outputs["pool"]) and np.array_equal(outputs["one"], outputs["ranks"])
+    assert prep.assign(plan.units, 2)[0] and prep.assign(plan.units, 2)[1]  # both ranks got work
 
 
-def test_cache_key_covers_tokenizer_and_length(tokenizer, tmp_path):
-    from llmkit.modeling import train_tokenizer
-
-    texts = toy_corpus(30)
-    d = cfg_data(cache_dir=str(tmp_path), max_seq_length=16)
-    first = data.cached_blocks(tokenizer, texts, d, with_offsets=False)
-    assert len(list((tmp_path / "features").iterdir())) == 1
-    again = data.cached_blocks(tokenizer, texts, d, with_offsets=False)
-    assert np.array_equal(first.ids, again.ids)
-    assert len(list((tmp_path / "features").iterdir())) == 1  # reused
-    d.max_seq_length = 24
-    data.cached_blocks(tokenizer, texts, d, with_offsets=False)
-    other_tok = train_tokenizer(texts, vocab_size=150, lowercase=True)
-    data.cached_blocks(other_tok, texts, d, with_offsets=False)
-    data.cached_blocks(tokenizer, texts + ["one more"], d, with_offsets=False)
-    assert len(list((tmp_path / "features").iterdir())) == 4  # each change made new features
+def test_an_interrupted_preparation_continues_and_a_damaged_one_is_refused(tmp_path, tokenizer):
+    folder, manifest = prepare(tmp_path, tokenizer, toy_corpus(100))
+    (folder / "manifest.json").unlink()
+    (folder / "units" / "000000.json").unlink()
+    shard = folder / "train" / "000000.tokens"
+    before = shard.read_bytes()
+    folder2, again = prepare(tmp_path, tokenizer, toy_corpus(100))  # same folder: unit 0 is redone
+    assert folder2 == folder and shard.read_bytes() == before and again["splits"] == manifest["splits"]
+    shard.write_bytes(before[:-2])
+    with pytest.raises(DataError, match=r"000000.tokens' has .* bytes, expected .*damaged.*--overwrite"):
+        data.read_manifest(folder)
 
 
-def test_cache_key_ignores_the_truncation_state_a_call_leaves(tokenizer, tmp_path):
-    # A tokenizer call with truncation=True changes the backend's settings; a process that loaded features
-    # from the cache (and never called the tokenizer) must compute the same keys as the one that built them.
-    before = data.tokenizer_fingerprint(tokenizer)
-    tokenizer(["alpha beta gamma delta"], truncation=True, max_length=3, padding="max_length")
-    assert data.tokenizer_fingerprint(tokenizer) == before
+def test_one_unit_corpus_always_holds_out_a_document(tmp_path, tokenizer):
+    texts = ["alpha beta gamma", "delta epsilon zeta", "eta theta iota"]
+    folder, manifest = prepare(tmp_path, tokenizer, texts, fraction=0.01)
+    assert manifest["splits"]["eval"]["documents"] == 1 and manifest["splits"]["train"]["documents"] == 2
+    held = data.TokenBlocks(folder, "eval", manifest, 32, packing=False)
+    train = data.TokenBlocks(folder, "train", manifest, 32, packing=False)
+    all_docs = {tuple(tokenizer(t)["input_ids"]) for t in texts}
+    seen = {tuple(held.ids(0).tolist())} | {tuple(train.ids(i).tolist()) for i in range(2)}
+    assert seen == all_docs
 
 
-def test_damaged_cache_is_rebuilt(tokenizer, tmp_path):
-    texts = toy_corpus(30)
-    d = cfg_data(cache_dir=str(tmp_path), max_seq_length=16)
-    first = data.cached_blocks(tokenizer, texts, d, with_offsets=False)
-    (folder,) = (tmp_path / "features").iterdir()
-    (folder / "ids.npy").write_bytes(b"not an array")
-    again = data.cached_blocks(tokenizer, texts, d, with_offsets=False)
-    assert np.array_equal(first.ids, again.ids)
-    assert np.array_equal(np.load(folder / "ids.npy"), first.ids)
+def test_evaluation_sample_is_seeded_and_spread(tmp_path, tokenizer):
+    folder, manifest = prepare(tmp_path, tokenizer, toy_corpus(400))
+    blocks = data.TokenBlocks(folder, "train", manifest, 16)
+    sample = blocks.sample(20, seed=0)
+    assert len(sample) == 20 and list(sample.indices) == sorted(set(sample.indices.tolist()))
+    assert sample.indices.max() > len(blocks) // 2  # not just the first blocks
+    assert np.array_equal(blocks.sample(20, seed=0).indices, sample.indices)
+    assert [sample[k]["index"] for k in range(3)] == [0, 1, 2]
 
 
-def test_length_grouped_order_is_seeded_per_epoch_not_by_the_global_rng():
+# ---------------------------------------------------------------- order and masks
+
+
+def test_keyed_shuffle_is_a_permutation_per_epoch_with_little_memory():
+    shuffle = data.KeyedShuffle(1000, seed=42)
+    first = list(shuffle)
+    assert sorted(first) == list(range(1000)) and first != list(range(1000))
+    shuffle.set_epoch(1)
+    assert sorted(list(shuffle)) == list(range(1000)) and list(shuffle) != first
+    shuffle.set_epoch(0)
+    assert list(shuffle) == first
+    huge = data.KeyedShuffle(3_000_000_000, seed=1)  # a terabyte of blocks: nothing materialised
+    head = [x for _, x in zip(range(5), huge)]
+    assert len(set(head)) == 5 and all(0 <= x < 3_000_000_000 for x in head)
+
+
+def masking(tokenizer, **kwargs):
+    from llmkit.masking import KeyedMasking
+
+    return KeyedMasking(tokenizer=tokenizer, key=7, **kwargs)
+
+
+def test_keyed_masks_rate_and_80_10_10_split(tmp_path, tokenizer):
     import torch
-    from transformers.trainer_pt_utils import LengthGroupedSampler
 
-    from llmkit.training import EpochLengthGroupedSampler
-
-    lengths = [(i * 37) % 50 + 1 for i in range(64)]
-
-    def order(epoch: int, global_seed: int) -> list[int]:
-        torch.manual_seed(global_seed)
-        sampler = EpochLengthGroupedSampler(LengthGroupedSampler(8, lengths=lengths, generator=torch.Generator()),
-                                            seed=42)
-        sampler.set_epoch(epoch)
-        return list(sampler)
-
-    assert order(0, 1) == order(0, 2)  # every process agrees, whatever its global RNG went through
-    assert order(1, 1) == order(1, 3) != order(0, 1)  # a new order each epoch
-    assert sorted(order(1, 1)) == list(range(64))
-    first_step = order(0, 1)[:8]  # the step holding the longest example comes first, sorted longest first
-    assert max(lengths) in [lengths[i] for i in first_step]
-    assert [lengths[i] for i in first_step] == sorted((lengths[i] for i in first_step), reverse=True)
-
-
-def test_masking_rate_and_80_10_10_split(tokenizer):
-    import torch
-    from transformers import DataCollatorForLanguageModeling
-
-    torch.manual_seed(0)
-    blocks = data.build_blocks(tokenizer, toy_corpus(400), max_seq_length=64, packing=True)
-    collator = DataCollatorForLanguageModeling(tokenizer=tokenizer, mlm_probability=0.15)
-    batch = collator([blocks[i] for i in range(len(blocks) - 1)])
-    original = torch.tensor([blocks[i]["input_ids"] for i in range(len(blocks) - 1)])
+    folder, manifest = prepare(tmp_path, tokenizer, toy_corpus(3000))
+    blocks = data.TokenBlocks(folder, "train", manifest, 64)
+    examples = [blocks[i] for i in range(len(blocks) - 1)]  # ~28k maskable tokens: 0.01 is 4.6 standard errors
+    batch = masking(tokenizer, mlm_probability=0.15)(examples)
+    original = torch.tensor(np.stack([e["input_ids"] for e in examples]).astype(np.int64))
     special = torch.isin(original, torch.tensor(tokenizer.all_special_ids))
     masked = batch["labels"].ne(-100)
     assert not (masked & special).any(), "special tokens are never masked"
-    rate = masked.sum().item() / (~special).sum().item()
-    assert abs(rate - 0.15) < 0.01
-    replaced = batch["input_ids"][masked] == tokenizer.mask_token_id
-    kept = batch["input_ids"][masked] == original[masked]
+    assert abs(masked.sum().item() / (~special).sum().item() - 0.15) < 0.01
     n = masked.sum().item()
-    assert abs(replaced.sum().item() / n - 0.8) < 0.03
-    assert abs(kept.sum().item() / n - 0.1) < 0.03  # ~10% unchanged (+ random picks equal to the original)
+    assert abs((batch["input_ids"][masked] == tokenizer.mask_token_id).sum().item() / n - 0.8) < 0.03
+    assert abs((batch["input_ids"][masked] == original[masked]).sum().item() / n - 0.1) < 0.03
     assert torch.equal(batch["labels"][masked], original[masked])
+
+
+def test_keyed_masks_do_not_depend_on_the_batch_a_sample_is_in(tmp_path, tokenizer):
+    import torch
+
+    folder, manifest = prepare(tmp_path, tokenizer, toy_corpus(100))
+    blocks = data.TokenBlocks(folder, "train", manifest, 24)
+    collate = masking(tokenizer)
+    together = collate([blocks[i] for i in range(8)])
+    for i in range(8):
+        alone = collate([blocks[i]])
+        width = alone["input_ids"].shape[1]
+        for key in ("input_ids", "labels", "attention_mask"):
+            assert torch.equal(together[key][i, :width], alone[key][0]), (i, key)  # bit for bit
+    collate.epoch = 1
+    assert not torch.equal(collate([blocks[0], blocks[1]])["labels"], together["labels"][:2])
+
+
+def test_whole_word_masking_masks_every_piece_of_a_word(tmp_path):
+    import torch
+
+    from llmkit.modeling import train_tokenizer
+
+    texts = toy_corpus(200)
+    tok = train_tokenizer(texts, vocab_size=60, lowercase=True)  # small vocabulary: words split into pieces
+    folder, manifest = prepare(tmp_path, tok, texts)
+    blocks = data.TokenBlocks(folder, "train", manifest, 64)
+    examples = [blocks[i] for i in range(len(blocks) - 1)]
+    batch = masking(tok, whole_word_mask=True, mask_replace_prob=1.0, random_replace_prob=0.0)(examples)
+    masked = batch["labels"].ne(-100)
+    pieces = [tok.convert_ids_to_tokens(e["input_ids"].tolist()) for e in examples]
+    continuation = torch.tensor([[p.startswith("##") for p in row] for row in pieces])
+    assert continuation.any(), "the test needs split words"
+    first_piece = continuation.clone()
+    first_piece[:, 0] = False  # a block may start inside a word: that piece starts its own word
+    both = masked[:, 1:][first_piece[:, 1:]] == masked[:, :-1][first_piece[:, 1:]]
+    assert both.all()
+    assert masked[continuation].any()
+    assert (batch["input_ids"][masked] == tok.mask_token_id).all()
+
+
+# ---------------------------------------------------------------- tokenizer and the built-in corpus
+
+
+def test_cjk_is_split_per_character(tokenizer):
+    assert tokenizer.tokenize("我爱北京") == ["我", "爱", "北", "京"]
+
+
+def test_tokenizer_sample_is_bounded_and_seeded(tmp_path):
+    big = tmp_path / "big.txt"
+    rng = random.Random(1)
+    big.write_text("".join(f"document {i} " + "word " * rng.randint(5, 50) + "\n\n" for i in range(60000)))
+    corpus = data.plan_corpus(cfg_data(train=[str(big)]))
+    budget = 1_000_000
+    sample = list(data.tokenizer_sample(corpus, budget, seed=0))
+    size = sum(len(t) for t in sample)
+    assert budget <= size < budget + 100_000 and size < corpus.train.total_bytes / 2
+    assert sample == list(data.tokenizer_sample(corpus, budget, seed=0))
+    numbers = {int(t.split()[1]) for t in sample}
+    assert max(numbers) > 30000  # drawn from across the corpus, not only its start
 
 
 def test_builtin_corpus_is_real_english_and_deterministic(tmp_path):
     first = data.builtin_corpus(tmp_path)
     assert len(first) > 5000
     assert sum(len(t) for t in first) > 1_000_000
-    assert (tmp_path / next(p.name for p in tmp_path.iterdir())).is_file()
     assert data.builtin_corpus(tmp_path) == first  # cached copy equals the built one
     words = " ".join(first[:2000]).lower().split()
     assert words.count("the") > 1000
-
-
-def test_whole_word_masking_masks_every_piece_of_a_word():
-    import torch
-    from transformers import DataCollatorForLanguageModeling
-
-    from llmkit.modeling import train_tokenizer
-
-    texts = toy_corpus(200)
-    tok = train_tokenizer(texts, vocab_size=60, lowercase=True)  # small vocabulary: words split into pieces
-    blocks = data.build_blocks(tok, texts, max_seq_length=64, packing=True, with_offsets=True)
-    collator = DataCollatorForLanguageModeling(tokenizer=tok, whole_word_mask=True, mlm_probability=0.15,
-                                               mask_replace_prob=1.0, random_replace_prob=0.0)
-    torch.manual_seed(0)
-    batch = collator([{k: v for k, v in blocks[i].items() if k != "index"} for i in range(len(blocks) - 1)])
-    masked = batch["labels"].ne(-100)
-    pieces = [tok.convert_ids_to_tokens(row) for row in
-              torch.tensor([blocks[i]["input_ids"] for i in range(len(blocks) - 1)]).tolist()]
-    continuation = torch.tensor([[p.startswith("##") for p in row] for row in pieces])
-    assert continuation.any(), "the test needs split words"
-    # a continuation piece is masked exactly when the piece before it (same word) is masked
-    both = masked[:, 1:][continuation[:, 1:]] == masked[:, :-1][continuation[:, 1:]]
-    assert both.all()
-    assert masked[continuation].any()

@@ -166,9 +166,10 @@ def check_two_process_run(result, out: Path, reference: dict, tmp: Path) -> None
     assert [e["step"] for e in history if "loss" in e] == [5, 10]
     card = (out / "README.md").read_text()
     assert "- processes: 2" in card and "- effective batch size: 8" in card
-    # tokenization ran once: one cached feature set for training and one for evaluation, no leftovers
-    features = sorted(p.name for p in (tmp / "cache" / "features").iterdir())
-    assert len(features) == 2 and not [f for f in features if ".tmp-" in f], features
+    # tokenization ran once: one prepared folder in the cache, complete, with no leftovers
+    (prepared,) = (tmp / "cache" / "prepared").iterdir()
+    assert (prepared / "manifest.json").is_file()
+    assert not [p for p in prepared.rglob("*") if ".tmp-" in p.name]
     # the same training as one process with the same effective batch
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["processes"] == 2 and reference["processes"] == 1

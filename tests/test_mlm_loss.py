@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from llmkit import data, training
 from llmkit.modeling import MaskedPositionsHead, train_tokenizer
-from tests.conftest import toy_corpus
+from tests.conftest import prepare_texts, toy_corpus
 
 VOCAB, SEQ = 120, 16
 
@@ -208,13 +208,14 @@ def tokenizer():
 
 
 def test_evaluation_is_token_mean_with_exact_accuracy_and_fixed_masks(tmp_path, tokenizer):
-    from transformers import DataCollatorForLanguageModeling
+    from llmkit.masking import KeyedMasking
 
-    blocks = data.build_blocks(tokenizer, toy_corpus(60), SEQ, packing=True)
-    assert len(blocks) > 20 and blocks.lengths()[-1] < SEQ  # several batches, the last one padded
-    collator = RecordingCollator(DataCollatorForLanguageModeling(tokenizer=tokenizer))
+    folder, manifest = prepare_texts(tmp_path, tokenizer, toy_corpus(60))
+    blocks = data.TokenBlocks(folder, "train", manifest, SEQ)
+    assert len(blocks) > 20 and len(blocks.ids(len(blocks) - 1)) < SEQ  # several batches, the last one padded
+    collator = RecordingCollator(KeyedMasking(tokenizer=tokenizer))
     model = tiny_bert(seed=3)
-    trainer = training.MLMTrainer(model=model, args=args(tmp_path, per_device_eval_batch_size=8),
+    trainer = training.MLMTrainer(model=model, args=args(tmp_path, per_device_eval_batch_size=8, remove_unused_columns=False),
                                   data_collator=collator, eval_dataset=blocks, processing_class=tokenizer)
 
     torch.manual_seed(123)
