@@ -50,7 +50,7 @@ def _prepare(cfg: RunConfig, corpus: data.Corpus, folder: Path, overwrite: bool,
     # 3. tokenizer: the given one or the model's, or one trained on a sample of the corpus
     from llmkit import pretrain
 
-    tokenizer = pretrain.tokenizer_for(cfg, corpus, rank, world, barrier)
+    tokenizer = pretrain.tokenizer_for(cfg, corpus, rank, world, barrier, files_only=True)
     settings = data.corpus.settings(corpus.train, tokenizer, cfg.data, cfg.data.eval_fraction, folder)
     if prep.is_prepared(folder) and prep.same_settings(folder, corpus.train, settings):
         log(f"{folder} is already prepared with these data and settings")

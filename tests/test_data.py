@@ -326,3 +326,65 @@ def test_builtin_corpus_is_real_english_and_deterministic(tmp_path):
     assert data.builtin_corpus(tmp_path) == first  # cached copy equals the built one
     words = " ".join(first[:2000]).lower().split()
     assert words.count("the") > 1000
+
+
+# ---------------------------------------------------------------- the chunk cache
+
+
+TRICKY = ["Héllo, WORLD! naïve café — déjà-vu?", "我爱北京天安门。中文文本按字切分。", "x=3.14; y=[1,2] {a: 'b'}",
+          "Ünïcödé ﬁ ligature ¨ and e\u0301 combining", "literal [MASK] token and [SEP]inside", "a  b", "url://x.y/z?q=1&r=2",
+          "tab\tand\u00a0nbsp", "emoji 😀 and 𝔘𝔫𝔦𝔠𝔬𝔡𝔢"]
+
+
+def folded(texts):
+    return [" ".join(t.split()) for t in texts]
+
+
+def test_chunk_cache_gives_the_tokenizers_own_ids(tokenizer):
+    from tokenizers import ByteLevelBPETokenizer, Tokenizer
+
+    from llmkit.data.tokenize import Encoder, chunk_mode
+
+    bert = tokenizer.backend_tokenizer.to_str()
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(toy_corpus(200) + TRICKY, vocab_size=400, special_tokens=["<s>", "</s>", "<mask>"])
+    from tokenizers.processors import RobertaProcessing
+
+    bpe.post_processor = RobertaProcessing(("</s>", bpe.token_to_id("</s>")), ("<s>", bpe.token_to_id("<s>")))
+    texts = folded(TRICKY + toy_corpus(300))
+    for spec, mode in ((bert, "alone"), (bpe.to_str(), "space")):
+        assert chunk_mode(spec) == mode
+        backend = Tokenizer.from_str(spec)
+        encoder = Encoder(backend, spec)
+        for _ in range(2):  # cold cache, then warm
+            got = encoder.chunked(texts)
+            want = [e.ids for e in backend.encode_batch(texts, add_special_tokens=True)]
+            assert [g.tolist() for g in got] == want
+        assert encoder.mode == mode
+
+
+def test_chunk_cache_only_where_no_step_looks_across_a_space(tokenizer):
+    from llmkit.data.tokenize import chunk_mode
+
+    spec = json.loads(tokenizer.backend_tokenizer.to_str())
+    assert chunk_mode(json.dumps(spec)) == "alone"
+    assert chunk_mode(json.dumps({**spec, "pre_tokenizer": {"type": "Metaspace", "replacement": "▁"}})) is None
+    assert chunk_mode(json.dumps({**spec, "pre_tokenizer": {"type": "Punctuation"}})) is None  # keeps spaces
+    assert chunk_mode(json.dumps({**spec, "normalizer": {"type": "Replace", "pattern": {"String": " "}}})) is None
+    spaced = {**spec, "added_tokens": spec["added_tokens"] + [{"id": 999, "content": "new york"}]}
+    assert chunk_mode(json.dumps(spaced)) is None
+    assert chunk_mode(json.dumps({**spec, "model": {**spec["model"], "type": "BPE", "dropout": 0.1}})) is None
+
+
+def test_a_chunk_mismatch_falls_back_to_whole_documents(tmp_path, tokenizer):
+    from llmkit.data import prepared as prep_module
+
+    texts = toy_corpus(100)
+    good, manifest = prepare(tmp_path, tokenizer, texts, name="good")
+    encoder = prep_module._encoder(tokenizer.backend_tokenizer.to_str())
+    encoder.mode, encoder.checked_all = "alone", False
+    encoder.cache = {word: [tokenizer.unk_token_id] for word in ("alpha", "beta")}  # wrong on purpose
+    bad, again = prepare(tmp_path, tokenizer, texts, name="bad")
+    assert encoder.mode is None  # it noticed, and tokenized whole documents
+    assert (bad / "train" / "000000.tokens").read_bytes() == (good / "train" / "000000.tokens").read_bytes()
+    prep_module._ENCODERS.clear()

@@ -223,7 +223,7 @@ def check_tokenizer(folder: Path, manifest: dict[str, Any], tokenizer: Any) -> N
     """A prepared folder is read only with the tokenizer it was made with."""
     if prep.tokenizer_fingerprint(tokenizer) != manifest["tokenizer"]["fingerprint"]:
         raise DataError(f"'{folder}' was prepared with another tokenizer ({manifest['tokenizer']['class']}, "
-                        f"{manifest['tokenizer']['vocab_size']:,} tokens) than this run's ({type(tokenizer).__name__}, "
+                        f"{manifest['tokenizer']['vocab_size']:,} tokens) than this run's ({prep.tokenizer_class(tokenizer)}, "
                         f"{len(tokenizer):,} tokens). Omit --tokenizer to use its own ({folder / 'tokenizer'}), or "
                         f"prepare the data again with this tokenizer.")
 

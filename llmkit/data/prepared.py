@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from llmkit.data.sources import Plan, Unit, documents
+from llmkit.data.tokenize import ChunkMismatch, Encoder, TokenizerFiles
 from llmkit.errors import DataError
 
 FORMAT, VERSION = "llmkit-prepared", 1
@@ -100,6 +101,12 @@ class _ShardWriter:
         self.file.write(np.concatenate(ids).astype(self.dtype, copy=False).tobytes())
         self.lengths.extend(len(x) for x in ids)
 
+    def discard(self) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.tmp.unlink(missing_ok=True)
+            self.file = None
+
     def close(self) -> dict[str, int]:
         if self.file is None:
             return {"documents": 0, "tokens": 0}
@@ -112,54 +119,66 @@ class _ShardWriter:
         return {"documents": len(self.lengths), "tokens": int(offsets[-1])}
 
 
-_BACKENDS: dict[str, Any] = {}
+_ENCODERS: dict[str, Encoder] = {}
 
 
-def _backend(tokenizer_json: str) -> Any:
-    """The Rust tokenizer of this process (built once per process), without truncation or padding."""
-    if tokenizer_json not in _BACKENDS:
+def _encoder(tokenizer_json: str) -> Encoder:
+    """This process's encoder (built once per process and tokenizer), without truncation or padding."""
+    if tokenizer_json not in _ENCODERS:
         from tokenizers import Tokenizer
 
         backend = Tokenizer.from_str(tokenizer_json)
         backend.no_truncation()
         backend.no_padding()
-        _BACKENDS.clear()
-        _BACKENDS[tokenizer_json] = backend
-    return _BACKENDS[tokenizer_json]
+        _ENCODERS.clear()
+        _ENCODERS[tokenizer_json] = Encoder(backend, tokenizer_json)
+    return _ENCODERS[tokenizer_json]
 
 
 def tokenize_unit(job: tuple[int, Unit, Settings]) -> dict[str, Any]:
     """Tokenize one unit into its train and eval shards; returns (and records) its counts."""
     index, unit, settings = job
     folder, name = Path(settings.folder), f"{index:06d}"
-    backend, dtype = _backend(settings.tokenizer_json), np.dtype(settings.dtype)
-    writers = {split: _ShardWriter(folder / split, name, dtype) for split in SPLITS}
-    skipped, batch, chars = [0], [], 0
-    smallest: tuple[int, int] = (2 ** 64, -1)  # (hash, train document) kept out if nothing else is
-    for text in documents(unit, settings.encoding_errors, skipped):
-        batch.append(text)
-        chars += len(text)
-        if chars >= BATCH_CHARS:
-            smallest = min(smallest, _encode(backend, batch, writers, settings))
-            batch, chars = [], 0
-    if batch:
-        smallest = min(smallest, _encode(backend, batch, writers, settings))
-    counts = {split: writer.close() for split, writer in writers.items()}
-    if settings.hold_one_out and settings.eval_fraction > 0 and not counts["eval"]["documents"] and \
-            counts["train"]["documents"] >= 2:
-        counts = _move_to_eval(folder, name, smallest[1], dtype)
-    meta = {"unit": index, "source": unit.source, "bytes": unit.size, "skipped": skipped[0], **counts}
+    encoder, dtype = _encoder(settings.tokenizer_json), np.dtype(settings.dtype)
+    try:
+        counts, skipped = _tokenize(unit, folder, name, encoder, dtype, settings)
+    except ChunkMismatch:  # the encoder now tokenizes whole documents: do the unit again that way
+        counts, skipped = _tokenize(unit, folder, name, encoder, dtype, settings)
+    meta = {"unit": index, "source": unit.source, "bytes": unit.size, "skipped": skipped, **counts}
     _write_json(folder / "units" / f"{name}.json", meta)
     return meta
 
 
-def _encode(backend: Any, texts: list[str], writers: dict[str, _ShardWriter], settings: Settings) -> tuple[int, int]:
+def _tokenize(unit: Unit, folder: Path, name: str, encoder: Encoder, dtype: np.dtype,
+              settings: Settings) -> tuple[dict[str, dict[str, int]], int]:
+    writers = {split: _ShardWriter(folder / split, name, dtype) for split in SPLITS}
+    skipped, batch, chars = [0], [], 0
+    smallest: tuple[int, int] = (2 ** 64, -1)  # (hash, train document) kept out if nothing else is
+    try:
+        for text in documents(unit, settings.encoding_errors, skipped):
+            batch.append(text)
+            chars += len(text)
+            if chars >= BATCH_CHARS:
+                smallest = min(smallest, _encode(encoder, batch, writers, settings))
+                batch, chars = [], 0
+        if batch:
+            smallest = min(smallest, _encode(encoder, batch, writers, settings))
+    except BaseException:
+        for writer in writers.values():
+            writer.discard()
+        raise
+    counts = {split: writer.close() for split, writer in writers.items()}
+    if settings.hold_one_out and settings.eval_fraction > 0 and not counts["eval"]["documents"] and \
+            counts["train"]["documents"] >= 2:
+        counts = _move_to_eval(folder, name, smallest[1], dtype)
+    return counts, skipped[0]
+
+
+def _encode(encoder: Encoder, texts: list[str], writers: dict[str, _ShardWriter], settings: Settings) -> tuple[int, int]:
     """Tokenize a batch of documents into the writers of their split; returns the smallest (hash, train index)."""
-    encodings = backend.encode_batch_fast(texts, add_special_tokens=True)
     parts: dict[str, list[np.ndarray]] = {"train": [], "eval": []}
     smallest, before = (2 ** 64, -1), len(writers["train"].lengths)
-    for text, encoding in zip(texts, encodings):
-        ids = np.asarray(encoding.ids, dtype=np.int64)
+    for text, ids in zip(texts, encoder.encode(texts)):
         if settings.eval_fraction > 0:
             value = split_hash(text, settings.split_seed)
             if value < settings.eval_fraction * 2.0 ** 64:
@@ -254,9 +273,17 @@ def _run(todo: list[int], plan: Plan, settings: Settings, num_proc: int, log: Ca
         with mp.get_context("spawn").Pool(min(num_proc, len(jobs)), initializer=_quiet_worker) as pool:
             for meta in pool.imap_unordered(tokenize_unit, jobs):
                 progress.done(meta)
-    else:
-        for job in jobs:
-            progress.done(tokenize_unit(job))
+    else:  # in this process; the Rust tokenizer's threads use the cores this rank may use
+        before = os.environ.get("TOKENIZERS_PARALLELISM")
+        os.environ["TOKENIZERS_PARALLELISM"] = "true" if num_proc > 1 else "false"
+        try:
+            for job in jobs:
+                progress.done(tokenize_unit(job))
+        finally:
+            if before is None:
+                os.environ.pop("TOKENIZERS_PARALLELISM", None)
+            else:
+                os.environ["TOKENIZERS_PARALLELISM"] = before
 
 
 def _quiet_worker() -> None:
@@ -283,7 +310,7 @@ class _Progress:
             elapsed = now - self.start
             rate = self.bytes / elapsed if elapsed > 0 else 0.0
             left = (self.total - self.bytes) / rate if rate > 0 else 0.0
-            self.log(f"prepare: {self.count}/{self.units} units, {self.bytes / 1e6:,.0f} of {self.total / 1e6:,.0f} MB, "
+            self.log(f"prepare: {self.count}/{self.units} units, {self.bytes / 1e6:,.1f} of {self.total / 1e6:,.1f} MB, "
                      f"{rate / 1e6:.1f} MB/s, {self.tokens / elapsed / 1e6:.2f}M tokens/s, elapsed {clock(elapsed)}, "
                      f"ETA {clock(left)}")
 
@@ -319,7 +346,7 @@ def write_manifest(folder: Path, plan: Plan, tokenizer: Any, settings: Settings)
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "sources": plan.description, "fingerprint": plan.fingerprint, "input_bytes": plan.total_bytes,
         "units": len(plan.units),
-        "tokenizer": {"path": "tokenizer", "class": type(tokenizer).__name__, "vocab_size": len(tokenizer),
+        "tokenizer": {"path": "tokenizer", "class": tokenizer_class(tokenizer), "vocab_size": len(tokenizer),
                       "fingerprint": tokenizer_fingerprint(tokenizer)},
         "dtype": settings.dtype,
         "held_out": {"fraction": settings.eval_fraction, "seed": settings.split_seed},
@@ -354,6 +381,11 @@ def read_manifest(folder: Path) -> dict[str, Any]:
                 raise DataError(f"Prepared shard '{tokens}' {found}: the prepared data is damaged. Prepare it again "
                                 f"(llmkit prepare ... --overwrite, or delete the folder).")
     return manifest
+
+
+def tokenizer_class(tokenizer: Any) -> str:
+    """The transformers class name of a tokenizer (also of one read as `tokenize.TokenizerFiles`)."""
+    return tokenizer.name if isinstance(tokenizer, TokenizerFiles) else type(tokenizer).__name__
 
 
 def tokenizer_fingerprint(tokenizer: Any) -> str:
