@@ -381,9 +381,10 @@ def test_a_chunk_mismatch_falls_back_to_whole_documents(tmp_path, tokenizer):
 
     texts = toy_corpus(100)
     good, manifest = prepare(tmp_path, tokenizer, texts, name="good")
-    encoder = prep_module._encoder(tokenizer.backend_tokenizer.to_str())
+    encoder = prep_module._encoder(tokenizer.backend_tokenizer.to_str(), "uint16")
     encoder.mode, encoder.checked_all = "alone", False
-    encoder.cache = {word: [tokenizer.unk_token_id] for word in ("alpha", "beta")}  # wrong on purpose
+    wrong = np.array([tokenizer.unk_token_id], dtype=np.uint16).tobytes()
+    encoder.cache = {word: wrong for word in ("alpha", "beta")}  # wrong on purpose
     bad, again = prepare(tmp_path, tokenizer, texts, name="bad")
     assert encoder.mode is None  # it noticed, and tokenized whole documents
     assert (bad / "train" / "000000.tokens").read_bytes() == (good / "train" / "000000.tokens").read_bytes()

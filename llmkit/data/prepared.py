@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from llmkit.console import clock
 from llmkit.data.sources import Plan, Unit, documents
 from llmkit.data.tokenize import ChunkMismatch, Encoder, TokenizerFiles
 from llmkit.errors import DataError
@@ -122,7 +123,7 @@ class _ShardWriter:
 _ENCODERS: dict[str, Encoder] = {}
 
 
-def _encoder(tokenizer_json: str) -> Encoder:
+def _encoder(tokenizer_json: str, dtype: str) -> Encoder:
     """This process's encoder (built once per process and tokenizer), without truncation or padding."""
     if tokenizer_json not in _ENCODERS:
         from tokenizers import Tokenizer
@@ -131,7 +132,7 @@ def _encoder(tokenizer_json: str) -> Encoder:
         backend.no_truncation()
         backend.no_padding()
         _ENCODERS.clear()
-        _ENCODERS[tokenizer_json] = Encoder(backend, tokenizer_json)
+        _ENCODERS[tokenizer_json] = Encoder(backend, tokenizer_json, dtype)
     return _ENCODERS[tokenizer_json]
 
 
@@ -139,7 +140,7 @@ def tokenize_unit(job: tuple[int, Unit, Settings]) -> dict[str, Any]:
     """Tokenize one unit into its train and eval shards; returns (and records) its counts."""
     index, unit, settings = job
     folder, name = Path(settings.folder), f"{index:06d}"
-    encoder, dtype = _encoder(settings.tokenizer_json), np.dtype(settings.dtype)
+    encoder, dtype = _encoder(settings.tokenizer_json, settings.dtype), np.dtype(settings.dtype)
     try:
         counts, skipped = _tokenize(unit, folder, name, encoder, dtype, settings)
     except ChunkMismatch:  # the encoder now tokenizes whole documents: do the unit again that way
@@ -313,12 +314,6 @@ class _Progress:
             self.log(f"prepare: {self.count}/{self.units} units, {self.bytes / 1e6:,.1f} of {self.total / 1e6:,.1f} MB, "
                      f"{rate / 1e6:.1f} MB/s, {self.tokens / elapsed / 1e6:.2f}M tokens/s, elapsed {clock(elapsed)}, "
                      f"ETA {clock(left)}")
-
-
-def clock(seconds: float) -> str:
-    seconds = int(round(seconds))
-    hours, rest = divmod(seconds, 3600)
-    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
 
 
 # ---------------------------------------------------------------- the manifest

@@ -12,8 +12,10 @@ of processes), so every process and every rerun sees the same units in the same 
   (they cannot be entered in the middle).
 
 `documents(unit, ...)` yields a unit's documents one at a time, reading at most a few MB at once.
-Documents of a text file are its blank-line-separated paragraphs when it has blank lines, else its lines
-(`data.txt_unit` forces either); white space inside a document is folded to single spaces.
+Documents of a text file are its blank-line-separated paragraphs when it has blank lines (in its first MB),
+else its lines (`data.txt_unit` forces either); white space inside a document is folded to single spaces.
+Planning reads little (that first MB, a few KB around each cut, 1 MB of samples for the fingerprint), so a
+rerun on prepared data does not read the corpus again.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ TEXT_SUFFIXES = {".txt", ".text", ".md"}
 TABLE_SUFFIXES = {".jsonl", ".json", ".csv", ".tsv", ".parquet"}
 COMPRESSIONS = {".gz", ".bz2", ".xz", ".zst"}
 TEXT_COLUMN_GUESSES = ("text", "sentence", "content", "document", "review", "body", "sentence1", "question")
-SNIFF_BYTES = 16 << 20  # a text file's document rule is decided from its first 16 MB
+SNIFF_BYTES = 1 << 20  # a text file's document rule is decided from its first MB
 CHUNK_BYTES = 4 << 20  # read at most this much at a time
 BLANK_LINE = re.compile(r"\n[ \t\r\f\v]*\n")
 MIN_UNIT_BYTES, MAX_UNIT_BYTES, UNITS_WANTED = 1 << 20, 64 << 20, 64
@@ -235,9 +237,10 @@ def _next_boundary(f: IO[bytes], position: int, size: int, paragraphs: bool) -> 
     """The first document start at or after `position`: after a newline (lines) or a blank line (paragraphs)."""
     pattern = re.compile(rb"\n[ \t\r\f\v]*\n") if paragraphs else re.compile(rb"\n")
     f.seek(max(0, position - 1))
-    window_start, carry = max(0, position - 1), b""
+    window_start, carry, size_ = max(0, position - 1), b"", 4096
     while True:
-        block = f.read(1 << 20)
+        block = f.read(size_)
+        size_ = min(2 * size_, 1 << 20)
         if not block:
             return size
         text = carry + block
@@ -318,9 +321,9 @@ def _is_number(value: str) -> bool:
         return False
 
 
-def guesses(string_columns: Sequence[str]) -> list[str]:
-    """Column names to try for the text: the usual ones, then the only string column if there is one."""
-    return list(TEXT_COLUMN_GUESSES) + (list(string_columns[:1]) if len(string_columns) == 1 else [])
+def guesses(string_columns: Sequence[str], extra: Sequence[str] = ()) -> list[str]:
+    """Column names to try for the text: the usual ones (and `extra`), then the only string column if there is one."""
+    return [*TEXT_COLUMN_GUESSES, *extra] + (list(string_columns[:1]) if len(string_columns) == 1 else [])
 
 
 def pick_column(columns: Sequence[str], wanted: str | None, candidates: Iterable[str], what: str, source: str,

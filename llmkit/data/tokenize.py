@@ -9,7 +9,7 @@ within one pre-token. So a document's tokens are the concatenation of its chunks
 costs a dictionary lookup per word instead of the whole pipeline per character (about 3x faster per core).
 
 `Encoder` uses the cache only when the tokenizer's JSON shows such a pipeline, and checks it against the full
-tokenizer: every document of its first batch, then one document in `CHECK_EVERY` of each batch. A difference
+tokenizer: one document in `CHECK_FIRST` of its first batch, then one in `CHECK_EVERY` of each batch. A difference
 raises `ChunkMismatch` and the encoder stops using the cache (the caller tokenizes that unit again). The
 cache is bounded (cleared when it reaches `CACHE_ENTRIES`), so memory stays flat on any corpus.
 """
@@ -17,13 +17,14 @@ cache is bounded (cleared when it reaches `CACHE_ENTRIES`), so memory stays flat
 from __future__ import annotations
 
 import json
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 CACHE_ENTRIES = 500_000  # about 100 MB of chunks and ids per process
-CHECK_EVERY = 64  # after the first batch, one document in this many is also tokenized whole and compared
+CHECK_FIRST, CHECK_EVERY = 4, 64  # one document in this many is also tokenized whole and compared (first batch, later)
 NORMALIZERS = {"BertNormalizer", "Lowercase", "StripAccents", "NFD", "NFKD", "NFC", "NFKC", "Strip"}
 SPLITTING = {"BertPreTokenizer", "Whitespace", "WhitespaceSplit"}  # split on white space and drop it
 AFTER_SPLIT = SPLITTING | {"Punctuation", "Digits"}  # harmless once white space has been split on
@@ -65,10 +66,10 @@ class ChunkMismatch(Exception):
 class Encoder:
     """Token ids of documents (with the tokenizer's special tokens), through the chunk cache when exact."""
 
-    def __init__(self, backend: Any, tokenizer_json: str):
-        self.backend = backend
+    def __init__(self, backend: Any, tokenizer_json: str, dtype: str = "uint32"):
+        self.backend, self.dtype = backend, np.dtype(dtype)
         self.mode = chunk_mode(tokenizer_json)
-        self.cache: dict[str, list[int]] = {}
+        self.cache: dict[str, bytes] = {}  # chunk -> its ids, packed in `dtype`
         self.checked_all = False
         if self.mode is not None:
             bare = backend.encode("x", add_special_tokens=False).ids
@@ -77,15 +78,16 @@ class Encoder:
             if at is None:
                 self.mode = None
             else:
-                self.head, self.tail = full[:at], full[at + len(bare):]
+                self.head = np.asarray(full[:at], dtype=self.dtype).tobytes()
+                self.tail = np.asarray(full[at + len(bare):], dtype=self.dtype).tobytes()
 
     def encode(self, texts: list[str]) -> list[np.ndarray]:
-        """int64 id arrays, one per text (see the class docstring for the checks)."""
+        """Id arrays (in `dtype`), one per text (see the class docstring for the checks)."""
         if self.mode is None:
             return self.full(texts)
         chunked = self.chunked(texts)
-        picked = range(len(texts)) if not self.checked_all else range(len(texts) // 2 % CHECK_EVERY, len(texts),
-                                                                         CHECK_EVERY)
+        every = CHECK_EVERY if self.checked_all else CHECK_FIRST
+        picked = range(len(texts) // 2 % every, len(texts), every)
         full = self.full([texts[i] for i in picked])
         self.checked_all = True
         if any(not np.array_equal(chunked[i], ids) for i, ids in zip(picked, full)):
@@ -104,18 +106,13 @@ class Encoder:
         else:  # byte-level BPE: every chunk but the first carries the space before it
             split = [[words[0], *(" " + w for w in words[1:])] for words in (t.split(" ") for t in texts)]
         cache = self.cache
-        missing = list({w for words in split for w in words if w not in cache})
+        missing = list(set(chain.from_iterable(split)).difference(cache))
         if missing:
             for word, encoding in zip(missing, self.backend.encode_batch_fast(missing, add_special_tokens=False)):
-                cache[word] = encoding.ids
-        out = []
-        for words in split:
-            ids = list(self.head)
-            for word in words:
-                ids += cache[word]
-            ids += self.tail
-            out.append(np.array(ids, dtype=np.int64))
-        return out
+                cache[word] = np.asarray(encoding.ids, dtype=self.dtype).tobytes()
+        get, head, tail = cache.__getitem__, self.head, self.tail
+        # a document is its chunks' packed ids joined: no Python object per token
+        return [np.frombuffer(head + b"".join(map(get, words)) + tail, dtype=self.dtype) for words in split]
 
 
 class TokenizerFiles:
