@@ -14,13 +14,13 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-_SUBMODULES = {"config", "data", "modeling", "training", "outputs", "metrics", "pretrain", "finetune", "predict",
-               "errors", "environment"}
+_SUBMODULES = {"config", "data", "modeling", "training", "outputs", "metrics", "pretrain", "prepare", "finetune",
+               "predict", "fillmask", "inference", "devices", "errors", "environment"}
 
 
 def fill_mask(model: Any, texts: Any, top_k: int = 5, **kwargs: Any) -> list[dict[str, Any]]:
-    """Masked-token predictions as plain data; see `llmkit.fill_mask_api.fill_mask`."""
-    from llmkit.fill_mask import fill_mask as run
+    """Masked-token predictions as plain data; see `llmkit.fillmask.fill_mask` (the `llmkit fill-mask` recipe)."""
+    from llmkit.fillmask import fill_mask as run
 
     return run(model, texts, top_k=top_k, **kwargs)
 

@@ -67,8 +67,8 @@ def guarded(fn, *args, **kwargs):
         fail(e)
 
 
-def _offline_hint() -> None:
-    # Quiet libraries: llmkit reports progress itself on stderr.
+def _quiet_libraries() -> None:
+    """Quiet the libraries' own progress bars and logs: llmkit reports progress itself on stderr."""
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
@@ -83,13 +83,11 @@ def _launch(num_processes: int | None) -> None:
     """
     if num_processes is None or num_processes == 1 or "LOCAL_RANK" in os.environ:  # LOCAL_RANK: launched already
         return
-    if num_processes < 1:
-        from llmkit.errors import ConfigError
-
-        fail(ConfigError(f"--num-processes must be 1 or more, got {num_processes}."))
     import subprocess
 
-    from llmkit.environment import launch_command, shown
+    from llmkit.environment import check_processes, launch_command, shown, visible_gpus
+
+    check_processes(num_processes, visible_gpus() if num_processes > 1 else 0)
 
     args, skip = [], False
     for arg in sys.argv[1:]:
@@ -100,7 +98,9 @@ def _launch(num_processes: int | None) -> None:
         elif not arg.startswith("--num-processes="):
             args.append(arg)
     command, what = launch_command(num_processes, args)
-    print(f"llmkit: launching {num_processes} processes ({what}): {shown(command)}", file=sys.stderr, flush=True)
+    from llmkit.console import log
+
+    log(f"launching {num_processes} processes ({what}): {shown(command)}")
     process = subprocess.Popen(command)
     while True:
         try:
@@ -140,7 +140,7 @@ def prepare(
     set_: Sets = None,
 ) -> None:
     """Tokenize a corpus once into memory-mapped shards that `llmkit pretrain --data DIR` trains from."""
-    _offline_hint()
+    _quiet_libraries()
 
     def go():
         import json
@@ -193,7 +193,7 @@ def pretrain(
     set_: Sets = None,
 ) -> None:
     """Pretrain a masked language model (BERT-style), from scratch or from a checkpoint."""
-    _offline_hint()
+    _quiet_libraries()
 
     def go():
         from llmkit import config, pretrain as recipe_module
@@ -244,7 +244,7 @@ def finetune(
     set_: Sets = None,
 ) -> None:
     """Fine-tune a sequence classifier (or regressor) on labeled data."""
-    _offline_hint()
+    _quiet_libraries()
 
     def go():
         from llmkit import config, finetune as recipe_module
@@ -298,10 +298,10 @@ def fill_mask(
     precision: Precision = None,
 ) -> None:
     """Predict the masked tokens of texts with a masked language model."""
-    _offline_hint()
+    _quiet_libraries()
 
     def go():
-        import llmkit.fill_mask as command
+        from llmkit import fillmask as command
 
         command.main(model, texts or [], input_file=input_file, top_k=top_k, targets=targets, as_json=as_json,
                      batch_size=batch_size, device=device, precision=precision or "auto")
@@ -333,7 +333,7 @@ def predict(
                                                   show_default=False)] = None,
 ) -> None:
     """Classify texts with a fine-tuned model: label names and scores, in input order."""
-    _offline_hint()
+    _quiet_libraries()
 
     def go():
         from llmkit import predict as command

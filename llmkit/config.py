@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import types
 import typing
 from dataclasses import dataclass, field
@@ -146,10 +147,10 @@ class RunConfig:
         lr = self.training.get("learning_rate")
         if isinstance(lr, (int, float)) and not isinstance(lr, bool) and lr <= 0:
             out.append(f"training.learning_rate must be > 0, got {lr}")
-        for key in ("max_steps",):
-            value = self.training.get(key)
-            if isinstance(value, int) and value == 0:
-                out.append(f"training.{key} must be positive (or -1 for 'use num_train_epochs'), got 0")
+        steps = self.training.get("max_steps")
+        if isinstance(steps, int) and not isinstance(steps, bool) and (steps == 0 or steps < -1):
+            out.append(f"training.max_steps (--max-steps) must be positive, or -1 to train for num_train_epochs "
+                       f"(--epochs), got {steps}")
         epochs = self.training.get("num_train_epochs")
         if isinstance(epochs, (int, float)) and epochs <= 0:
             out.append(f"training.num_train_epochs must be > 0, got {epochs}")
@@ -178,7 +179,6 @@ TRAINING_DEFAULTS: dict[str, dict[str, Any]] = {
         "save_strategy": "steps",
         "save_steps": 200,
         "save_total_limit": 2,
-        "dataloader_num_workers": 0,
         "report_to": "none",
     },
     "finetune": {
@@ -195,7 +195,6 @@ TRAINING_DEFAULTS: dict[str, dict[str, Any]] = {
         "save_total_limit": 2,
         "load_best_model_at_end": True,
         "train_sampling_strategy": "group_by_length",
-        "dataloader_num_workers": 0,
         "report_to": "none",
     },
 }
@@ -260,7 +259,7 @@ def read_yaml(path: Path) -> dict[str, Any]:
 
 
 def parse_set(item: str) -> tuple[str, Any]:
-    """``key.sub=value`` -> (``key.sub``, value parsed as a YAML scalar/list)."""
+    """``key.sub=value`` -> (``key.sub``, value parsed as a YAML scalar/list; typed by the setting it reaches)."""
     key, sep, raw = item.partition("=")
     key = key.strip()
     if not sep or not key:
@@ -269,19 +268,13 @@ def parse_set(item: str) -> tuple[str, Any]:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
-    # YAML 1.1 reads "1e-4" as a string; numbers are what people mean.
-    if isinstance(value, str):
-        try:
-            value = float(value) if any(c in value.lower() for c in ".e") else int(value)
-        except ValueError:
-            pass
     return key, value
 
 
-def _merge(base: dict[str, Any], layer: dict[str, Any], where: str) -> None:
+def _merge(base: dict[str, Any], layer: dict[str, Any]) -> None:
     for key, value in layer.items():
         if isinstance(value, dict) and isinstance(base.get(key), dict) and key != "training":
-            _merge(base[key], value, f"{where}{key}.")
+            _merge(base[key], value)
         elif isinstance(value, dict) and key == "training" and isinstance(base.get(key), dict):
             base[key].update(value)
         else:
@@ -298,7 +291,8 @@ def _dotted_to_nested(key: str, value: Any) -> dict[str, Any]:
 
 def build(command: str, recipe: str | None = None, flags: dict[str, Any] | None = None,
           sets: list[str] | None = None) -> RunConfig:
-    """Resolve defaults < recipe < flags < --set into a validated RunConfig."""
+    """Resolve defaults < recipe < flags < --set into a validated RunConfig: unknown keys, wrong types and
+    invalid values (training.* against TrainingArguments' fields) fail here, before anything heavy is imported."""
     cfg = defaults(command)
     if recipe is not None:
         layer = read_yaml(recipe_path(recipe))
@@ -306,39 +300,23 @@ def build(command: str, recipe: str | None = None, flags: dict[str, Any] | None 
         if recipe_command != command:
             raise ConfigError(f"Recipe '{recipe}' is for `llmkit {recipe_command}`, not `llmkit {command}`. "
                               f"Run `llmkit {recipe_command} {recipe}`.")
-        _check_keys(layer, cfg, "")
-        if (layer.get("data") or {}).get("cache_dir") is not None:
+        if isinstance(layer.get("data"), dict) and layer["data"].get("cache_dir") is not None:
             # A shared recipe must not pick where llmkit writes outside the run directory.
             raise ConfigError(f"Recipe '{recipe}' sets data.cache_dir; recipes may not choose paths outside the run "
                               f"directory. Pass --set data.cache_dir=DIR or set LLMKIT_CACHE instead.")
-        _merge(cfg, layer, "")
+        _merge(cfg, layer)
     for key, value in (flags or {}).items():
         if value is not None:
-            _merge(cfg, _dotted_to_nested(key, value), "")
+            _merge(cfg, _dotted_to_nested(key, value))
     for item in sets or []:
-        key, value = parse_set(item)
-        layer = _dotted_to_nested(key, value)
-        _check_keys(layer, cfg, "")
-        _merge(cfg, layer, "")
+        _merge(cfg, _dotted_to_nested(*parse_set(item)))
     cfg["command"] = command
     run = _construct(RunConfig, cfg, "")
+    check_training_keys(run.training)
     problems = run.problems()
     if problems:
         raise ConfigError("Invalid configuration: " + "; ".join(problems) + ".")
     return run
-
-
-def _check_keys(layer: dict[str, Any], reference: dict[str, Any], where: str) -> None:
-    for key, value in layer.items():
-        if key not in reference:
-            raise ConfigError(f"Unknown setting '{where}{key}'.{did_you_mean(key, reference)} "
-                              f"Valid keys here: {', '.join(sorted(reference))}.")
-        if key == "training" and not where:
-            if not isinstance(value, dict):
-                raise ConfigError(f"'training' must be a mapping of TrainingArguments fields, found {value!r}.")
-            continue  # checked against TrainingArguments when the run starts
-        if isinstance(reference[key], dict) and isinstance(value, dict):
-            _check_keys(value, reference[key], f"{where}{key}.")
 
 
 def _construct(cls: type, values: dict[str, Any], where: str) -> Any:
@@ -348,10 +326,11 @@ def _construct(cls: type, values: dict[str, Any], where: str) -> Any:
         if f.name not in values:
             continue
         kwargs[f.name] = _coerce(values[f.name], hints[f.name], f"{where}{f.name}")
-    unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
+    valid = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(values) - set(valid))
     if unknown:
-        key = sorted(unknown)[0]
-        raise ConfigError(f"Unknown setting '{where}{key}'.{did_you_mean(key, [f.name for f in dataclasses.fields(cls)])}")
+        raise ConfigError(f"Unknown setting '{where}{unknown[0]}'.{did_you_mean(unknown[0], valid)} Valid keys here: "
+                          f"{', '.join(sorted(valid))}.")
     return cls(**kwargs)
 
 
@@ -391,21 +370,13 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if isinstance(value, bool):
             return value
         raise ConfigError(f"'{key}' must be true or false, got {value!r}.")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        raise ConfigError(f"'{key}' must be an integer, got {value!r}.")
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads `1e-3` (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"'{key}' must be a number, got {value!r}.")
+    if tp in (int, float):
+        number = _number(value)
+        if tp is float and number is not None:
+            return float(number)
+        if tp is int and number is not None and float(number).is_integer():
+            return int(number)
+        raise ConfigError(f"'{key}' must be {'an integer' if tp is int else 'a number'}, got {value!r}.")
     if tp is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
@@ -413,13 +384,22 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     return value
 
 
+def _number(value: Any) -> int | float | None:
+    """A number from a number, or from a string such as "1e-4" (YAML 1.1 reads exponents without a dot as text)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return None
+    return None
+
+
 def check_training_keys(training: dict[str, Any]) -> None:
     """Every ``training`` key must be a TrainingArguments field that llmkit does not manage itself, and
     simple-typed values (numbers, booleans, strings) must have the field's type; numbers are coerced in place."""
-    from transformers import TrainingArguments
-
-    fields = {f.name: f for f in dataclasses.fields(TrainingArguments) if f.init}
-    hints = typing.get_type_hints(TrainingArguments)
+    fields = training_fields()
     for key in list(training):
         if key in RESERVED_TRAINING_KEYS or key == "logging_dir":
             hint = {"output_dir": "--output-dir", "seed": "--set seed=N", "logging_dir": "--output-dir",
@@ -428,20 +408,37 @@ def check_training_keys(training: dict[str, Any]) -> None:
         if key not in fields:
             raise ConfigError(f"Unknown setting 'training.{key}': not a TrainingArguments field."
                               f"{did_you_mean(key, fields)}")
-        if training[key] is False and isinstance(fields[key].default, str):
+        simple = SIMPLE_TYPES.get(fields[key].replace(" | None", "").replace("None | ", ""))
+        kinds = [k.strip() for k in fields[key].split("|")]
+        if training[key] is False and "str" in kinds and "bool" not in kinds:
             training[key] = "no"  # YAML 1.1 reads `eval_strategy: no` as false
-        if _is_simple(hints.get(key)):
-            training[key] = _coerce(training[key], hints[key], f"training.{key}")
+        elif simple is not None and not (training[key] is None and "None" in fields[key]):
+            training[key] = _coerce(training[key], simple, f"training.{key}")
 
 
-def _is_simple(tp: Any) -> bool:
-    """int, float, bool, str or an Optional of one of them (other field types are left to TrainingArguments)."""
-    if tp in (int, float, bool, str):
-        return True
-    if typing.get_origin(tp) in (typing.Union, types.UnionType):
-        inner = [a for a in typing.get_args(tp) if a is not type(None)]
-        return len(inner) == 1 and inner[0] in (int, float, bool, str)
-    return False
+SIMPLE_TYPES = {"int": int, "float": float, "bool": bool, "str": str}
+
+
+@functools.cache
+def training_fields() -> dict[str, str]:
+    """TrainingArguments' init fields and their annotations, read from the installed transformers' source with
+    `ast`: checking `training.*` settings costs ~10 ms instead of importing transformers and torch (~3 s)."""
+    import ast
+    import importlib.util
+
+    spec = importlib.util.find_spec("transformers")
+    source = Path(spec.submodule_search_locations[0]) / "training_args.py"
+    tree = ast.parse(source.read_text(encoding="utf-8"))
+    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "TrainingArguments")
+    fields = {}
+    for node in cls.body:
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            call = node.value if isinstance(node.value, ast.Call) else None
+            init = next((k.value.value for k in (call.keywords if call else []) if k.arg == "init"
+                         and isinstance(k.value, ast.Constant)), True)
+            if init:
+                fields[node.target.id] = ast.unparse(node.annotation)
+    return fields
 
 
 def dump(run: RunConfig) -> str:

@@ -25,14 +25,11 @@ DEVICE_TYPES = {"MULTI_GPU", "FSDP", "DEEPSPEED", "MEGATRON_LM", "MULTI_NPU", "M
 
 
 def default_accelerate_config_path() -> Path:
-    """Where `accelerate launch` looks for its config when given no --config_file (and no --cpu).
+    """Where `accelerate launch` looks for its config when given no --config_file (and no --cpu): accelerate's
+    own `default_yaml_config_file` ($HF_HOME/accelerate/default_config.yaml, fixed when accelerate is imported)."""
+    from accelerate.commands.config.config_args import default_yaml_config_file
 
-    The same lookup as accelerate/commands/config/config_args.py: $HF_HOME/accelerate/default_config.yaml,
-    HF_HOME defaulting to $XDG_CACHE_HOME/huggingface (XDG_CACHE_HOME defaulting to ~/.cache). Accelerate
-    has no environment variable that names another file.
-    """
-    home = os.environ.get("HF_HOME", os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "huggingface"))
-    return Path(os.path.expanduser(home)) / "accelerate" / "default_config.yaml"
+    return Path(default_yaml_config_file)
 
 
 def accelerate_config_file() -> Path | None:
@@ -78,6 +75,24 @@ def launch_command(num_processes: int, llmkit_args: list[str]) -> tuple[list[str
     return [sys.executable, "-m", "accelerate.commands.launch", *flags, "-m", "llmkit", *llmkit_args], why
 
 
+def check_processes(num_processes: int, gpus: int) -> None:
+    """More processes than visible GPUs would put two ranks on one GPU (NCCL fails at the first barrier with
+    "Duplicate GPU detected"); CPU runs (no GPU visible) may use any number."""
+    from llmkit.errors import ConfigError
+
+    if num_processes < 1:
+        raise ConfigError(f"--num-processes must be 1 or more, got {num_processes}.")
+    if gpus and num_processes > gpus:
+        raise ConfigError(f"--num-processes {num_processes} asks for more processes than the {gpus} visible GPU(s): "
+                          f"two would share a GPU. Use --num-processes {gpus} (or make more GPUs visible).")
+
+
+def visible_gpus() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
 def shown(command: list[str]) -> str:
     """A launch command as the user would type it."""
     if command[1:3] == ["-m", "accelerate.commands.launch"]:
@@ -119,7 +134,8 @@ def config_warnings(path: Path, settings: dict[str, Any], problem: str | None, g
 def report() -> dict[str, Any]:
     import torch
 
-    from llmkit.modeling import cpu_has_bf16, has_accelerator, resolve_attention, resolve_precision
+    from llmkit.devices import cpu_has_bf16, has_accelerator, precision as resolve_precision
+    from llmkit.modeling import resolve_attention
 
     versions = {}
     for name in PACKAGES:
@@ -147,7 +163,8 @@ def report() -> dict[str, Any]:
     if config_file is not None:
         settings, problem = read_accelerate_config(config_file)
         warnings += config_warnings(config_file, settings, problem, len(gpus))
-    launch, launch_why = launch_command(max(2, len(gpus)), ["COMMAND", "..."])
+    processes = len(gpus) if gpus else 2  # one per GPU; CPU processes for a try-out
+    launch, launch_why = launch_command(processes, ["COMMAND", "..."])
     return {
         "versions": versions,
         "python": platform.python_version(),
@@ -158,7 +175,7 @@ def report() -> dict[str, Any]:
         "attention": resolve_attention("auto", "accelerator" if has_accelerator() else "cpu"),
         "placement": plan,
         "accelerate_config": str(config_file) if config_file else None,
-        "num_processes_launch": {"processes": max(2, len(gpus)), "command": shown(launch), "what": launch_why},
+        "num_processes_launch": {"processes": processes, "command": shown(launch), "what": launch_why},
         "offline": {k: os.environ.get(k) for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE") if os.environ.get(k)},
         "warnings": warnings,
     }

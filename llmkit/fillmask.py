@@ -25,11 +25,14 @@ API returns the same objects; the keys are fixed (values may be null where state
              "token_id": int,
              "score":    float,   probability of the token at this mask given the text (softmax over the
                                   whole vocabulary, also with --targets: scores are not renormalised)
-             "sequence": str}]}], the decoded input with this token filled in (other masks left as masks)
+             "sequence": str,     the decoded input with this token filled in, as pipeline("fill-mask") gives
+                                  it (other masks left as masks; the tokenizer's spacing, e.g. "人 生 得 意")
+             "filled":   str | null}]}], "text" as written with this token in place of the mask ("人生得意")
      "best": {                    the joint best filling of all masks (see below)
         "tokens":    [str], "token_ids": [int],  one per mask, left to right
         "score":     float,       product of the chosen tokens' probabilities, each given the tokens fixed before it
-        "sequence":  str}}
+        "sequence":  str,         the decoded input with every mask filled
+        "filled":    str | null}} "text" as written with every mask filled
 
 Per-mask candidates are scored independently (every other mask still masked), as `pipeline("fill-mask")`
 does; for a single mask they are the pipeline's results. The joint best filling is greedy, most confident
@@ -40,39 +43,32 @@ early mask before a confident later one as left-to-right order would). With one 
 `--targets a,b,c` scores only those words. A word that is not one vocabulary token is scored by its first
 piece, with a warning (as the pipeline does).
 
-Speed: the model is loaded once; texts are tokenized in one call, sorted by length and run in dynamically
-padded batches under `torch.inference_mode`; the vocabulary head runs only at mask positions
-(`modeling.MaskedPositionsHead`). Precision (`--precision`): `auto` picks bf16 on GPUs that have it (else
-fp16) and on CPUs with native bf16 instructions, fp32 elsewhere; in bf16/fp16 the encoder runs under autocast
-and the vocabulary head in fp32, which keeps the candidates those of fp32 (scores within ~1e-4; see
-`_head_in_fp32` and benchmarks/fill_mask.py). `fp32` gives the pipeline's numbers exactly (within 1e-5).
+Speed: the model is loaded once (`inference.load`); texts are tokenized in one call per batch, sorted by
+length and run in dynamically padded batches under `torch.inference_mode`; the vocabulary head runs only at
+mask positions (`modeling.MaskedPositionsHead`). From a file or stdin, results are written as each batch is
+done (memory stays bounded on an endless stream). Precision (`--precision`, `devices.precision`): `auto` is
+bf16 where the hardware has it, fp32 elsewhere; in bf16/fp16 the encoder runs under autocast and the vocabulary
+head in fp32, which keeps the candidates those of fp32 (scores within ~1e-4; see `_head_in_fp32` and
+benchmarks/fill_mask.py). `fp32` gives the pipeline's numbers exactly (within 1e-5).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
 import sys
-import types
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from llmkit.errors import ConfigError, DataError, ModelError
+from llmkit import devices, inference
+from llmkit.console import log, warn
+from llmkit.errors import ConfigError, DataError
 
 # `[MASK]` (BERT family) and `<mask>` (RoBERTa family), any letter case; the model's own token is added per model.
 COMMON_MASK_SPELLINGS = (r"\[mask\]", r"<mask>")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-
-
-def log(message: str) -> None:
-    print(f"llmkit: {message}", file=sys.stderr, flush=True)
-
-
-def warn(message: str) -> None:
-    print(f"llmkit: warning: {message}", file=sys.stderr, flush=True)
+NO_TEXTS = "No input texts. Give texts with a mask, e.g. \"Paris is the [MASK] of France.\""
 
 
 # ---------------------------------------------------------------- the command
@@ -81,70 +77,72 @@ def warn(message: str) -> None:
 def main(model: str, texts: Sequence[str], input_file: str | None = None, top_k: int = 5,
          targets: str | Sequence[str] | None = None, as_json: bool = False, batch_size: int = 64,
          device: str | None = None, precision: str = "auto") -> None:
-    """`llmkit fill-mask`: predictions for every input text on stdout (a table, or JSON Lines with `as_json`)."""
-    # 1. inputs, all read before anything is loaded
-    texts = read_inputs(texts, input_file)
+    """`llmkit fill-mask`: predictions for every input text on stdout (a table, or JSON Lines with `as_json`),
+    written as each batch is done."""
+    # 1. options, the tokenizer and the first texts checked before the model is loaded
+    check_options(top_k, batch_size, precision)
+    devices.precision(precision, devices.device(device).type)
+    batches = (b for b in inference.text_batches(texts, input_file, size=max(4 * batch_size, 256)) if b)
+    first = next(batches, None)
+    if first is None:
+        where = {None: "", "-": " in stdin"}.get(input_file, f" in '{input_file}'")
+        raise DataError(NO_TEXTS.replace("No input texts.", f"No input texts{where}."))
+    tokenizer, config = _tokenizer_and_config(model)
+    encode(tokenizer, first, inference.window(config, tokenizer))
+    target_ids = resolve_targets(tokenizer, targets) if targets is not None else None
 
-    # 2. predictions (tokenizer, checks, model loaded once, batched forward passes)
-    results = fill_mask(model, texts, top_k=top_k, targets=targets, batch_size=batch_size, device=device,
-                        precision=precision, verbose=True)
+    # 2. the model, once
+    filler = load(model, device, precision, tokenizer=tokenizer, config=config)
+    log(f"fill-mask: {type(filler.model).__name__} on {filler.device}, {filler.precision} ({filler.why})")
 
-    # 3. results on stdout
-    if as_json:
-        out = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in results)
-    else:
-        out = format_table(results)
+    # 3. results on stdout, batch by batch
+    for batch in _chain(first, batches):
+        results = fill_mask(filler, batch, top_k=top_k, target_ids=target_ids, batch_size=batch_size)
+        if not _write(format_json(results) if as_json else format_table(results)):
+            return
+
+
+def _chain(first: list[str], rest: Iterable[list[str]]) -> Iterable[list[str]]:
+    yield first
+    yield from rest
+
+
+def _write(text: str) -> bool:
+    """Write to stdout now; False once the reader has gone (`llmkit fill-mask ... | head`)."""
     try:
-        sys.stdout.write(out)
+        sys.stdout.write(text)
         sys.stdout.flush()
-    except BrokenPipeError:  # `llmkit fill-mask ... | head`: the reader has all it wants
+        return True
+    except BrokenPipeError:
         import os
 
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return False
 
 
-def read_inputs(texts: Sequence[str], input_file: str | None) -> list[str]:
-    """Texts from the command line, or one per line from a file or stdin ('-'); blank lines are skipped."""
-    if texts and input_file:
-        raise DataError("Give texts as arguments or with --input-file, not both.")
-    if input_file is None:
-        lines = list(texts)
-        where = "the command line"
-    elif input_file == "-":
-        lines = sys.stdin.read().splitlines()
-        where = "stdin"
-    else:
-        path = Path(input_file).expanduser()
-        if not path.exists() or path.is_dir():  # not `is_file()`: a named pipe, e.g. <(command), is fine
-            found = "is a folder" if path.is_dir() else "does not exist"
-            raise DataError(f"Input file '{input_file}' {found}. Give a text file with one text per line, or '-' "
-                            f"for stdin.")
-        try:
-            lines = path.read_text(encoding="utf-8").splitlines()
-        except UnicodeDecodeError as e:
-            raise DataError(f"Input file '{input_file}' is not UTF-8 text ({e.reason} at byte {e.start}).") from None
-        where = f"'{input_file}'"
-    lines = [line for line in lines if line.strip()]
-    if not lines:
-        raise DataError(f"No input texts in {where}. Give texts with a mask, e.g. \"Paris is the [MASK] of France.\"")
-    return lines
+def check_options(top_k: int, batch_size: int, precision: str) -> None:
+    if top_k < 1:
+        raise ConfigError(f"--top-k must be at least 1, got {top_k}.")
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size must be at least 1, got {batch_size}.")
+    devices.check_precision(precision)
+
+
+def _tokenizer_and_config(model: str | Path) -> tuple[Any, Any]:
+    from llmkit import modeling
+
+    modeling.check_model_path(str(model))
+    return inference.load_tokenizer(str(model), "fill-mask"), modeling.read_config(str(model))
 
 
 # ---------------------------------------------------------------- the Python API
 
 
 @dataclass
-class MaskFiller:
+class MaskFiller(inference.Loaded):
     """A masked-LM loaded once for prediction; pass it to `fill_mask` instead of a name to reuse it."""
 
-    name: str
-    model: Any
-    tokenizer: Any
-    head: Any  # modeling.MaskedPositionsHead
-    device: Any  # torch.device
-    precision: str  # the precision chosen: fp32 | bf16 | fp16
-    precision_why: str
-    max_length: int  # the model's window in tokens
+    head: Any = None  # modeling.MaskedPositionsHead
 
 
 def load(model: str | Path, device: str | None = None, precision: str = "auto", tokenizer: Any = None,
@@ -152,70 +150,48 @@ def load(model: str | Path, device: str | None = None, precision: str = "auto", 
     """Load a masked-LM checkpoint (a path, an llmkit run or a hub name) for `fill_mask`."""
     from llmkit import modeling
 
-    name = str(model)
-    _check_precision(precision)
-    target = resolve_device(device)
-    if config is None:
-        modeling.check_model_path(name)
-        config = modeling.read_config(name, trust_remote_code)
-    if tokenizer is None:
-        tokenizer = _load_tokenizer(name, trust_remote_code)
-    chosen, why = _resolve_precision(precision, target)
-    mlm = modeling.load_trained_mlm(name, config, trust_remote_code).to(target)
-    head = modeling.MaskedPositionsHead(mlm)
+    loaded = inference.load(model, "fill-mask", device, precision, trust_remote_code, tokenizer, config)
+    filler = MaskFiller(**vars(loaded), head=modeling.MaskedPositionsHead(loaded.model))
     # DistilBERT-style heads are several sibling modules: only the first would leave autocast.
-    whole_head = head.available and head.head is not getattr(mlm, "vocab_transform", None)
-    if chosen != "fp32" and whole_head:
-        _head_in_fp32(head)
-        why += "; encoder in autocast, vocabulary head in fp32"
-    elif chosen != "fp32" and precision == "auto":
-        chosen, why = "fp32", f"the vocabulary head of {type(mlm).__name__} cannot run in fp32 apart from the encoder"
-    elif chosen != "fp32":
-        why += "; vocabulary head in autocast too"
-    return MaskFiller(name, mlm, tokenizer, head, target, chosen, why, _window_length(config, tokenizer))
+    whole_head = filler.head.available and filler.head.head is not getattr(filler.model, "vocab_transform", None)
+    if filler.precision != "fp32" and whole_head:
+        _head_in_fp32(filler.head)
+        filler.why += "; encoder in autocast, vocabulary head in fp32"
+    elif filler.precision != "fp32" and precision == "auto":
+        filler.precision = "fp32"
+        filler.why = f"the vocabulary head of {type(filler.model).__name__} cannot run in fp32 apart from the encoder"
+    elif filler.precision != "fp32":
+        filler.why += "; vocabulary head in autocast too"
+    return filler
 
 
 def fill_mask(model: str | Path | MaskFiller, texts: str | Sequence[str], top_k: int = 5,
               targets: str | Sequence[str] | None = None, batch_size: int = 64, device: str | None = None,
-              precision: str = "auto", verbose: bool = False) -> list[dict[str, Any]]:
+              precision: str = "auto", target_ids: list[int] | None = None) -> list[dict[str, Any]]:
     """Predictions for each text, in input order, as plain data (schema in the module docstring).
 
     `model`: a path, hub name or a `MaskFiller` from `load` (then `device` and `precision` are the filler's).
     `targets`: words to score instead of the whole vocabulary (a list, or one comma-separated string).
-    `precision`: auto | fp32 | bf16 (| fp16 on CUDA); `verbose`: say on stderr what was loaded and chosen.
+    `precision`: auto | fp32 | bf16 (| fp16 on CUDA).
     """
     texts = [texts] if isinstance(texts, str) else list(texts)
     # 1. everything cheap first: options, inputs, the model folder, tokenizer, masks, targets
-    if top_k < 1:
-        raise ConfigError(f"--top-k must be at least 1, got {top_k}.")
-    if batch_size < 1:
-        raise ConfigError(f"--batch-size must be at least 1, got {batch_size}.")
-    _check_precision(precision)
+    check_options(top_k, batch_size, precision)
     if not texts:
-        raise DataError("No input texts. Give texts with a mask, e.g. \"Paris is the [MASK] of France.\"")
+        raise DataError(NO_TEXTS)
     wrong = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
     if wrong is not None:
         raise DataError(f"Texts must be strings; text {wrong + 1} is a {type(texts[wrong]).__name__}.")
-    if isinstance(model, MaskFiller):
-        filler, tokenizer, window = model, model.tokenizer, model.max_length
-    else:
-        from llmkit import modeling
-
-        filler = None
-        _resolve_precision(precision, resolve_device(device))
-        modeling.check_model_path(str(model))
-        config = modeling.read_config(str(model))
-        tokenizer = _load_tokenizer(str(model))
-        window = _window_length(config, tokenizer)
+    filler = model if isinstance(model, MaskFiller) else None
+    tokenizer, config = (filler.tokenizer, None) if filler else _tokenizer_and_config(model)
+    window = filler.window if filler else inference.window(config, tokenizer)
     encoded = encode(tokenizer, texts, window)
-    target_ids = resolve_targets(tokenizer, targets) if targets is not None else None
+    if targets is not None:
+        target_ids = resolve_targets(tokenizer, targets)
 
     # 2. the model, once
     if filler is None:
         filler = load(model, device, precision, tokenizer=tokenizer, config=config)
-    if verbose:
-        log(f"fill-mask: {len(texts):,} text{'s' if len(texts) != 1 else ''} with {type(filler.model).__name__} "
-            f"on {filler.device}, {filler.precision} ({filler.precision_why})")
     truncated = [i for i, e in enumerate(encoded) if e.truncated]
     if truncated:
         shown = ", ".join(str(i + 1) for i in truncated[:10]) + (", ..." if len(truncated) > 10 else "")
@@ -223,58 +199,42 @@ def fill_mask(model: str | Path | MaskFiller, texts: str | Sequence[str], top_k:
              f"{window} tokens and kept only the {window} tokens around the masks (text {shown}).")
 
     # 3. length-sorted, dynamically padded batches; results back in input order
-    results: list[dict[str, Any] | None] = [None] * len(texts)
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].ids), reverse=True)
-    for start in range(0, len(order), batch_size):
-        chunk = order[start:start + batch_size]
+    results: list[dict[str, Any]] = [{} for _ in texts]
+    for chunk in inference.by_length([len(e.ids) for e in encoded], batch_size):
         for i, result in zip(chunk, predict_batch(filler, [encoded[i] for i in chunk], top_k, target_ids)):
             results[i] = {"text": texts[i], "truncated": encoded[i].truncated, **result}
-            for mask, (s, e) in zip(results[i]["masks"], encoded[i].spans):
-                mask["start"], mask["end"] = s, e
-    return results  # type: ignore[return-value]
+            place_in_text(results[i], encoded[i].spans, tokenizer)
+    return results
 
 
-# ---------------------------------------------------------------- checks and settings
+def place_in_text(result: dict[str, Any], spans: list[tuple[int | None, int | None]], tokenizer: Any) -> None:
+    """Add each mask's character span, and "filled": the text as written with the predicted tokens in place."""
+    text = result["text"]
+    words: dict[int, str] = {}
+
+    def word(token_id: int) -> str:
+        if token_id not in words:
+            words[token_id] = tokenizer.convert_tokens_to_string([tokenizer.convert_ids_to_tokens(token_id)]).strip()
+        return words[token_id]
+
+    def filled(fills: dict[int, int]) -> str | None:
+        if any(spans[m][0] is None for m in fills):
+            return None
+        out, end = [], len(text)
+        for m in sorted(fills, reverse=True):
+            start, stop = spans[m]
+            out.append(word(fills[m]) + text[stop:end])
+            end = start
+        return text[:end] + "".join(reversed(out))
+
+    for n, (mask, (start, stop)) in enumerate(zip(result["masks"], spans)):
+        mask["start"], mask["end"] = start, stop
+        for candidate in mask["candidates"]:
+            candidate["filled"] = filled({n: candidate["token_id"]})
+    result["best"]["filled"] = filled(dict(enumerate(result["best"]["token_ids"])))
 
 
-def resolve_device(device: str | None) -> Any:
-    import torch
-
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        target = torch.device(device)
-    except (RuntimeError, ValueError):
-        raise ConfigError(f"Unknown device '{device}'. Use cpu, cuda, cuda:N or mps.") from None
-    if target.type == "cuda" and (not torch.cuda.is_available() or (target.index or 0) >= torch.cuda.device_count()):
-        visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        raise ConfigError(f"Device '{device}' is not available: {visible} CUDA GPU(s) visible. Use --device cpu.")
-    if target.type == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError(f"Device '{device}' is not available on this machine. Use --device cpu.")
-    return target
-
-
-def _check_precision(precision: str) -> None:
-    if precision not in PRECISIONS:
-        from llmkit.errors import did_you_mean
-
-        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got '{precision}'."
-                          f"{did_you_mean(precision, PRECISIONS)}")
-
-
-def _resolve_precision(precision: str, device: Any) -> tuple[str, str]:
-    """(precision, why). auto: bf16 on GPUs that have it (else fp16) and on CPUs with native bf16, else fp32."""
-    from llmkit import modeling
-
-    if precision == "fp16" and device.type != "cuda":
-        raise ConfigError("precision fp16 needs a CUDA device. Use bf16 or fp32.")
-    if precision != "auto":
-        return precision, "requested"
-    if device.type == "cuda":
-        return modeling.resolve_precision("auto")
-    if device.type == "cpu" and modeling.cpu_has_bf16():
-        return "bf16", "the CPU has native bf16 instructions"
-    return "fp32", f"no native bf16 on this {device.type.upper()}"
+# ---------------------------------------------------------------- settings
 
 
 def _head_in_fp32(head: Any) -> None:
@@ -293,35 +253,6 @@ def _head_in_fp32(head: Any) -> None:
             return inner(hidden_states.float(), *args, **kwargs)
 
     head.head.forward = forward
-
-
-def _autocast(filler: MaskFiller) -> Any:
-    import torch
-
-    if filler.precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if filler.precision == "bf16" else torch.float16
-    return torch.autocast(filler.device.type, dtype=dtype)
-
-
-def _load_tokenizer(name: str, trust_remote_code: bool = False) -> Any:
-    from llmkit import modeling
-
-    tokenizer = modeling.load_tokenizer(name, trust_remote_code)
-    if tokenizer.mask_token is None or tokenizer.mask_token_id is None:
-        raise ModelError(f"The tokenizer of '{name}' has no mask token, so it cannot fill masks. Use a masked-LM "
-                         f"checkpoint (BERT, RoBERTa, ...; e.g. an llmkit pretrain run).")
-    return tokenizer
-
-
-def _window_length(config: Any, tokenizer: Any) -> int:
-    """The longest input the model takes: its position table, or the tokenizer's limit when smaller."""
-    from llmkit import modeling
-
-    limits = [modeling.max_positions(config) or 512]
-    if 0 < (tokenizer.model_max_length or 0) < 1_000_000:
-        limits.append(int(tokenizer.model_max_length))
-    return min(limits)
 
 
 # ---------------------------------------------------------------- tokenizing
@@ -434,7 +365,7 @@ def _forward(filler: MaskFiller, ids: Any, attention: Any, types: Any, at: Any) 
     inputs = {"input_ids": ids, "attention_mask": attention}
     if types is not None:
         inputs["token_type_ids"] = types
-    with _autocast(filler):
+    with filler.autocast():
         filler.head.positions = at if filler.head.available else None
         try:
             logits = filler.model(**inputs).logits
@@ -448,7 +379,27 @@ def predict_batch(filler: MaskFiller, batch: list[Encoded], top_k: int,
     """Candidates per mask and the joint best filling for a batch of encoded texts (one padded tensor)."""
     import torch
 
-    tokenizer, device = filler.tokenizer, filler.device
+    ids, attention, types = _pad(batch, filler.tokenizer, filler.device)
+    targets = torch.tensor(target_ids, device=filler.device) if target_ids is not None else None
+    with torch.inference_mode():
+        # 1. every mask scored with all the others still masked (the pipeline's per-mask candidates)
+        at = ids == filler.tokenizer.mask_token_id
+        probs = _forward(filler, ids, attention, types, at).softmax(-1)
+        if targets is not None:
+            probs = probs[:, targets]
+        scores, choices = probs.topk(min(top_k, probs.shape[-1]), dim=-1)
+        if targets is not None:
+            choices = targets[choices]
+        scores, choices = scores.cpu().tolist(), choices.cpu().tolist()
+        # 2. the joint best filling: greedy, most confident open mask first
+        best = _greedy_fill(filler, ids, attention, types, at, probs, targets)
+    return _records(batch, scores, choices, best, filler.tokenizer)
+
+
+def _pad(batch: list[Encoded], tokenizer: Any, device: Any) -> tuple[Any, Any, Any]:
+    """(input ids, attention mask, token type ids or None) of a batch, padded to its longest text, on `device`."""
+    import torch
+
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     length = max(len(e.ids) for e in batch)
     ids = torch.full((len(batch), length), pad, dtype=torch.long)
@@ -459,44 +410,33 @@ def predict_batch(filler: MaskFiller, batch: list[Encoded], top_k: int,
         attention[row, :len(e.ids)] = 1
         if types is not None:
             types[row, :len(e.ids)] = torch.tensor(e.type_ids)
-    ids, attention = ids.to(device), attention.to(device)
-    types = types.to(device) if types is not None else None
-    targets = torch.tensor(target_ids, device=device) if target_ids is not None else None
+    return ids.to(device), attention.to(device), types.to(device) if types is not None else None
 
-    with torch.inference_mode():
-        # 1. every mask scored with all the others still masked (the pipeline's per-mask candidates)
-        at = ids == tokenizer.mask_token_id
-        probs = _forward(filler, ids, attention, types, at).softmax(-1)
-        if targets is not None:
-            probs = probs[:, targets]
-        scores, choices = probs.topk(min(top_k, probs.shape[-1]), dim=-1)
-        if targets is not None:
-            choices = targets[choices]
-        scores, choices = scores.cpu().tolist(), choices.cpu().tolist()
-        # 2. the joint best filling: greedy, most confident open mask first
-        best = _greedy_fill(filler, ids, attention, types, at, probs, targets)
 
+def _records(batch: list[Encoded], scores: list[list[float]], choices: list[list[int]],
+             best: list[tuple[list[int], float]], tokenizer: Any) -> list[dict[str, Any]]:
+    """The result records of a batch (schema in the module docstring; spans and "filled" come later)."""
     special = set(tokenizer.all_special_ids)
     token_text: dict[int, str] = {}
+
+    def text(token: int) -> str:
+        if token not in token_text:
+            token_text[token] = tokenizer.decode([token])
+        return token_text[token]
+
     results, sequences, flat = [], [], 0  # `flat`: the row of `scores` for the current mask
     for row, e in enumerate(batch):
         masks = []
         for position in e.masks:
-            candidates = []
-            for score, token in zip(scores[flat], choices[flat]):
-                if token not in token_text:
-                    token_text[token] = tokenizer.decode([token])
-                candidates.append({"token": token_text[token], "token_id": token, "score": score, "sequence": None})
-                sequences.append(_filled(e.ids, {position: token}, e.masks, special))
+            candidates = [{"token": text(token), "token_id": token, "score": score, "sequence": None}
+                          for score, token in zip(scores[flat], choices[flat])]
+            sequences += [_filled(e.ids, {position: c["token_id"]}, e.masks, special) for c in candidates]
             masks.append({"position": position, "start": None, "end": None, "candidates": candidates})
             flat += 1
-        tokens = best[row]
-        sequences.append(_filled(e.ids, dict(zip(e.masks, tokens[0])), e.masks, special))
-        for token in tokens[0]:
-            if token not in token_text:
-                token_text[token] = tokenizer.decode([token])
-        results.append({"masks": masks, "best": {"tokens": [token_text[t] for t in tokens[0]],
-                                                 "token_ids": list(tokens[0]), "score": tokens[1], "sequence": None}})
+        tokens, score = best[row]
+        sequences.append(_filled(e.ids, dict(zip(e.masks, tokens)), e.masks, special))
+        results.append({"masks": masks, "best": {"tokens": [text(t) for t in tokens], "token_ids": list(tokens),
+                                                 "score": score, "sequence": None}})
     decoded = iter(tokenizer.batch_decode(sequences, skip_special_tokens=False))
     for result in results:
         for mask in result["masks"]:
@@ -554,6 +494,10 @@ def _greedy_fill(filler: MaskFiller, ids: Any, attention: Any, types: Any, at: A
 # ---------------------------------------------------------------- the table
 
 
+def format_json(results: Sequence[dict[str, Any]]) -> str:
+    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in results)
+
+
 def format_table(results: Sequence[dict[str, Any]]) -> str:
     """A readable table per text: rank, token, score and the filled sequence, per mask; the joint best filling."""
     blocks = []
@@ -566,23 +510,10 @@ def format_table(results: Sequence[dict[str, Any]]) -> str:
                 lines.append(f"  mask {n} of {len(result['masks'])}")
             lines.append(f"  {'#':>2}  {'token':<{width}}  {'score':>6}  sequence")
             for rank, c in enumerate(mask["candidates"], 1):
-                lines.append(f"  {rank:>2}  {c['token']:<{width}}  {c['score']:6.4f}  {c['sequence']}")
+                lines.append(f"  {rank:>2}  {c['token']:<{width}}  {c['score']:6.4f}  {c['filled'] or c['sequence']}")
         if many:
             best = result["best"]
-            lines.append(f"  best filling ({', '.join(best['tokens'])}; score {best['score']:.4f}): {best['sequence']}")
+            lines.append(f"  best filling ({', '.join(best['tokens'])}; score {best['score']:.4f}): "
+                         f"{best['filled'] or best['sequence']}")
         blocks.append("\n".join(lines) + "\n")
     return "\n".join(blocks)
-
-
-# ---------------------------------------------------------------- `llmkit.fill_mask(...)` after this module is imported
-
-
-class _CallableModule(types.ModuleType):
-    """`llmkit.fill_mask` is the API function (llmkit/__init__.py), but importing this submodule rebinds that name
-    on the package to the module. Calling the module calls the function, so `llmkit.fill_mask(...)` keeps working."""
-
-    def __call__(self, *args: Any, **kwargs: Any) -> list[dict[str, Any]]:
-        return fill_mask(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule

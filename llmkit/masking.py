@@ -7,7 +7,8 @@ semantics (`mlm_probability`; of the selected tokens `mask_replace_prob` become 
 selects words and masks every piece with the mask token, as HF's does) but draws each decision from
 `keyed.uniform(seed, epoch, sample index, position)`. So a sample's masks are the same whatever batch it is
 in, on 1 or N processes, in a resumed run; every evaluation uses the same masks (epoch -1); and a batch is
-masked in one vectorised pass (no per-sample generator).
+masked in one vectorised pass (no per-sample generator). The batch also carries `masked_index`, the flat
+positions of the labels, so the masked-positions loss gathers them without a device-to-host sync.
 """
 
 from __future__ import annotations
@@ -53,8 +54,10 @@ class KeyedMasking(DataCollatorForLanguageModeling):
         attention = np.arange(width)[None, :] < lengths[:, None]
         index = np.fromiter((int(e["index"]) for e in examples), dtype=np.int64, count=len(examples))
         inputs, labels = self.mask(ids, self.special[ids] | ~attention, index)
+        # Where the labels are, as flat indices computed here on the CPU: the loss gathers the masked positions
+        # with them, and the accelerator never has to report how many there are (no host sync per step).
         return {"input_ids": torch.from_numpy(inputs), "attention_mask": torch.from_numpy(attention.astype(np.int64)),
-                "labels": torch.from_numpy(labels)}
+                "labels": torch.from_numpy(labels), "masked_index": torch.from_numpy(np.flatnonzero(labels != -100))}
 
     def mask(self, ids: np.ndarray, special: np.ndarray, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(inputs, labels) for token ids [batch, length]; `special` marks positions never masked."""

@@ -1,8 +1,9 @@
 """Evaluation metrics for classification and regression, computed through `evaluate`, offline.
 
-`evaluate.load("accuracy")` fetches the metric script from the hub, which fails with no network. llmkit
-ships the metrics it uses as local modules with the hub's interfaces (`llmkit/metric_modules/*.py`) and loads
-them with `evaluate.load(<local path>)`; `metrics.load("f1")` returns the same kind of object.
+`evaluate.load("accuracy")` fetches the metric script from the hub, which fails with no network. llmkit ships
+its metrics as local `evaluate` modules (`llmkit/metric_modules/`: classification, regression), thin wrappers
+around scikit-learn that compute every metric of an evaluation in one call; `metrics.load("classification")`
+returns the `evaluate.EvaluationModule`.
 
 - single_label: accuracy, f1/precision/recall (macro, and micro f1), binary: roc_auc; with `report=True` also
   a per-class report and the confusion matrix;
@@ -72,69 +73,27 @@ def check_metric(metric: str, problem_type: str, num_labels: int) -> str:
 def classification(references: Sequence[int], predictions: Sequence[int], num_labels: int,
                    scores: np.ndarray | None = None, label_names: Sequence[str] | None = None,
                    report: bool = False) -> dict[str, Any]:
-    """Single-label metrics. `scores`: class probabilities [N, num_labels] (binary: gives roc_auc).
-
-    Averages run over the labels present in the references or predictions (sklearn's convention): a class
-    absent from the evaluation set does not count as a zero. The report covers every label.
-    """
-    refs, preds = np.asarray(references, dtype=np.int64), np.asarray(predictions, dtype=np.int64)
-    out: dict[str, Any] = {
-        "accuracy": load("accuracy").compute(references=refs, predictions=preds)["accuracy"],
-        "f1_macro": load("f1").compute(references=refs, predictions=preds, average="macro")["f1"],
-        "f1_micro": load("f1").compute(references=refs, predictions=preds, average="micro")["f1"],
-        "precision_macro": load("precision").compute(references=refs, predictions=preds, average="macro")["precision"],
-        "recall_macro": load("recall").compute(references=refs, predictions=preds, average="macro")["recall"],
-    }
-    if num_labels == 2:
-        both = scores is not None and len(set(refs.tolist())) == 2
-        out["roc_auc"] = (load("roc_auc").compute(references=refs, prediction_scores=np.asarray(scores)[:, 1])
-                          ["roc_auc"] if both else float("nan"))  # undefined with one class in the references
-    if report:
-        labels = list(range(num_labels))
-        names_ = list(label_names) if label_names is not None else [str(i) for i in labels]
-        per_label = {key: load(key).compute(references=refs, predictions=preds, labels=labels, average=None)[key]
-                     for key in ("precision", "recall", "f1")}
-        support = np.bincount(refs, minlength=num_labels)
-        out["per_class"] = {names_[i]: {"precision": float(per_label["precision"][i]),
-                                        "recall": float(per_label["recall"][i]), "f1": float(per_label["f1"][i]),
-                                        "support": int(support[i])} for i in labels}
-        matrix = load("confusion_matrix").compute(references=refs, predictions=preds, labels=labels)
-        out["confusion_matrix"] = np.asarray(matrix["confusion_matrix"]).tolist()
-        out["labels"] = names_
+    """Single-label metrics. `scores`: class probabilities [N, num_labels] (binary: gives roc_auc)."""
+    positive = np.asarray(scores)[:, 1] if scores is not None and num_labels == 2 else None
+    out = load("classification").compute(references=np.asarray(references, dtype=np.int64),
+                                         predictions=np.asarray(predictions, dtype=np.int64), num_labels=num_labels,
+                                         scores=positive, label_names=label_names, report=report)
+    if num_labels == 2 and "roc_auc" not in out:
+        out["roc_auc"] = float("nan")
     return out
 
 
 def multilabel(references: np.ndarray, predictions: np.ndarray, label_names: Sequence[str] | None = None,
                report: bool = False) -> dict[str, Any]:
     """Multi-label metrics on 0/1 matrices [N, num_labels]; accuracy is exact-match (every label right)."""
-    refs, preds = np.asarray(references).astype(np.int64), np.asarray(predictions).astype(np.int64)
-
-    def score(key: str, average: str | None):
-        return load(key, "multilabel").compute(references=refs, predictions=preds, average=average)[key]
-
-    out: dict[str, Any] = {
-        "accuracy": load("accuracy", "multilabel").compute(references=refs, predictions=preds)["accuracy"],
-        "f1_macro": score("f1", "macro"), "f1_micro": score("f1", "micro"),
-        "precision_macro": score("precision", "macro"), "recall_macro": score("recall", "macro"),
-    }
-    if report:
-        names_ = list(label_names) if label_names is not None else [str(i) for i in range(refs.shape[1])]
-        per_label = {key: score(key, None) for key in ("precision", "recall", "f1")}
-        out["per_class"] = {name: {"precision": float(per_label["precision"][i]),
-                                   "recall": float(per_label["recall"][i]), "f1": float(per_label["f1"][i]),
-                                   "support": int(refs[:, i].sum())} for i, name in enumerate(names_)}
-        out["labels"] = names_
-    return out
+    refs = np.asarray(references).astype(np.int64)
+    return load("classification", "multilabel").compute(references=refs, predictions=np.asarray(predictions).astype(
+        np.int64), num_labels=refs.shape[1], label_names=label_names, report=report)
 
 
 def regression(references: Sequence[float], predictions: Sequence[float]) -> dict[str, Any]:
-    refs = np.asarray(references, dtype=np.float64).reshape(-1)
-    preds = np.asarray(predictions, dtype=np.float64).reshape(-1)
-    return {
-        "mse": load("mse").compute(references=refs, predictions=preds)["mse"],
-        "pearson": load("pearsonr").compute(references=refs, predictions=preds)["pearsonr"],
-        "spearman": load("spearmanr").compute(references=refs, predictions=preds)["spearmanr"],
-    }
+    return load("regression").compute(references=np.asarray(references, dtype=np.float64).reshape(-1),
+                                      predictions=np.asarray(predictions, dtype=np.float64).reshape(-1))
 
 
 # ---------------------------------------------------------------- from model outputs
@@ -143,17 +102,15 @@ def regression(references: Sequence[float], predictions: Sequence[float]) -> dic
 def from_logits(problem_type: str, logits: np.ndarray, references: np.ndarray, label_names: Sequence[str],
                 report: bool = False) -> dict[str, Any]:
     """Metrics of raw model outputs: argmax (single-label), logit > 0 (multi-label) or the value (regression)."""
+    from scipy.special import softmax
+
     logits = np.asarray(logits, dtype=np.float64)
     if problem_type == "regression":
         return regression(references, logits.reshape(-1))
     if problem_type == "multi_label":
         return multilabel(references, (logits > 0).astype(np.int64), label_names, report)
-    return classification(references, logits.argmax(-1), len(label_names), softmax(logits), label_names, report)
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
-    return shifted / shifted.sum(axis=-1, keepdims=True)
+    return classification(references, logits.argmax(-1), len(label_names), softmax(logits, axis=-1), label_names,
+                          report)
 
 
 def for_trainer(problem_type: str, label_names: Sequence[str]) -> Callable[[Any], dict[str, float]]:

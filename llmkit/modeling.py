@@ -6,8 +6,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from llmkit.config import SIZES
 from llmkit.errors import ConfigError, ModelError
 
@@ -30,6 +28,30 @@ def check_model_path(name: str) -> None:
         raise _hub_or_path_error(name, "model", FileNotFoundError(name))
     if not path.exists() and (name.startswith((".", "/", "~")) or name.count("/") > 1):
         raise ModelError(f"Model folder '{name}' does not exist. Check the path (relative paths start from {Path.cwd()}).")
+
+
+def check_model(cfg: Any) -> None:
+    """The checkpoint to start from, checked before anything heavy loads: a model folder (or a hub name), with
+    enough positions for data.max_seq_length. A local config.json is read as JSON (no transformers import)."""
+    if not cfg.model.name:
+        return
+    check_model_path(cfg.model.name)
+    path = Path(cfg.model.name).expanduser() / "config.json"
+    if path.is_file():
+        import json
+        from types import SimpleNamespace
+
+        try:
+            config = SimpleNamespace(**json.loads(path.read_text(encoding="utf-8")))
+        except (ValueError, TypeError, UnicodeDecodeError) as e:
+            raise ModelError(f"'{path}' is not a valid config.json ({e}). Give a model folder written by "
+                             f"save_pretrained.") from None
+    else:
+        config = read_config(cfg.model.name, cfg.model.trust_remote_code)
+    positions = max_positions(config)
+    if positions is not None and cfg.data.max_seq_length > positions:
+        raise ConfigError(f"data.max_seq_length {cfg.data.max_seq_length} exceeds the {positions} positions of "
+                          f"'{cfg.model.name}'. Pass --max-seq-length {positions} or less.")
 
 
 def load_tokenizer(name: str, trust_remote_code: bool = False) -> Any:
@@ -80,7 +102,7 @@ def set_dropout(config: Any, dropout: float | None) -> Any:
 
 def build_mlm(size: str, tokenizer: Any, max_seq_length: int, attn_implementation: str = "sdpa",
               dropout: float | None = None, config_overrides: str | None = None) -> Any:
-    from transformers import BertForMaskedLM
+    from transformers import AutoModelForMaskedLM
 
     config = set_dropout(size_config(size, tokenizer, max_seq_length), dropout)
     if config_overrides:
@@ -89,8 +111,7 @@ def build_mlm(size: str, tokenizer: Any, max_seq_length: int, attn_implementatio
         except ValueError as e:
             raise ConfigError(f"model.config_overrides='{config_overrides}' could not be applied ({e}). Expected "
                               f"'key=value,...' with BertConfig keys, e.g. 'initializer_range=0.05'.") from None
-    config._attn_implementation = attn_implementation
-    return BertForMaskedLM(config)
+    return AutoModelForMaskedLM.from_config(config, attn_implementation=attn_implementation)
 
 
 def read_config(name: str, trust_remote_code: bool = False) -> Any:
@@ -102,51 +123,53 @@ def read_config(name: str, trust_remote_code: bool = False) -> Any:
         raise _hub_or_path_error(name, "model", e) from None
 
 
-def load_mlm(name: str, trust_remote_code: bool = False, attn_implementation: str = "sdpa",
-             dropout: float | None = None) -> tuple[Any, str | None]:
-    """A masked-LM model from a checkpoint; a checkpoint without an MLM head gets a fresh one (said in the note)."""
-    from transformers import AutoModelForMaskedLM
+def load_pretrained(auto_class: str, name: str, config: Any, attention: str, trust_remote_code: bool = False,
+                    **kwargs: Any) -> tuple[Any, dict[str, Any], str | None]:
+    """(model, loading info, note): `transformers.<auto_class>.from_pretrained` with weights in fp32 (training and
+    inference cast deliberately, whatever dtype the checkpoint was saved in) and the attention implementation
+    asked for; a model type without it loads with its default, and the note says so."""
+    import torch
+    import transformers
 
-    config = set_dropout(read_config(name, trust_remote_code), dropout)
+    loader = getattr(transformers, auto_class)
+    common = dict(config=config, trust_remote_code=trust_remote_code, dtype=torch.float32, output_loading_info=True,
+                  **kwargs)
     note = None
-    if not any(a.endswith("ForMaskedLM") or a.endswith("ForPreTraining") for a in (config.architectures or [])):
-        note = (f"'{name}' has no masked-LM head ({', '.join(config.architectures or ['no architecture'])}); "
-                f"a fresh MLM head is added and trained.")
     try:
-        model = AutoModelForMaskedLM.from_pretrained(name, config=config, trust_remote_code=trust_remote_code,
-                                                     attn_implementation=attn_implementation)
+        try:
+            model, info = loader.from_pretrained(name, attn_implementation=attention, **common)
+        except ValueError as e:
+            if "attn_implementation" not in str(e) and attention not in str(e).lower():
+                raise
+            model, info = loader.from_pretrained(name, **common)
+            note = f"{config.model_type} does not support {attention} attention; using its default"
     except ValueError as e:
-        if "attn_implementation" in str(e) or "sdpa" in str(e).lower():
-            model = AutoModelForMaskedLM.from_pretrained(name, config=config, trust_remote_code=trust_remote_code)
-        else:
-            raise ModelError(f"'{name}' ({config.model_type}) cannot be used as a masked-LM: {str(e).splitlines()[0]}. "
-                             f"Use an encoder checkpoint (BERT, RoBERTa, ...).") from None
-    except Exception as e:  # noqa: BLE001
+        raise ModelError(f"'{name}' ({config.model_type}) cannot be loaded as {auto_class[9:]}: "
+                         f"{str(e).splitlines()[0][:200]}. Use an encoder checkpoint (BERT, RoBERTa, ...).") from None
+    except OSError as e:
         raise _hub_or_path_error(name, "model", e) from None
-    return model, note
+    return model, info, note
+
+
+def load_mlm(name: str, trust_remote_code: bool = False, attn_implementation: str = "sdpa",
+             dropout: float | None = None) -> tuple[Any, list[str]]:
+    """A masked-LM model to train from a checkpoint; one without an MLM head gets a fresh one. Returns the model
+    and notes to show (a fresh head, an attention fallback)."""
+    config = set_dropout(read_config(name, trust_remote_code), dropout)
+    notes = []
+    if not any(a.endswith("ForMaskedLM") or a.endswith("ForPreTraining") for a in (config.architectures or [])):
+        notes.append(f"'{name}' has no masked-LM head ({', '.join(config.architectures or ['no architecture'])}); "
+                     f"a fresh MLM head is added and trained.")
+    model, _, note = load_pretrained("AutoModelForMaskedLM", name, config, attn_implementation, trust_remote_code)
+    return model, notes + ([note] if note else [])
 
 
 def load_trained_mlm(name: str, config: Any = None, trust_remote_code: bool = False,
                      attn_implementation: str = "sdpa") -> Any:
     """A masked-LM model for inference: unlike `load_mlm`, a checkpoint without a trained MLM head is an error
     (a fresh head would predict random tokens)."""
-    from transformers import AutoModelForMaskedLM
-
     config = config if config is not None else read_config(name, trust_remote_code)
-    kwargs = {"config": config, "trust_remote_code": trust_remote_code, "output_loading_info": True}
-    try:
-        try:
-            model, info = AutoModelForMaskedLM.from_pretrained(name, attn_implementation=attn_implementation, **kwargs)
-        except ValueError as e:
-            if "attn_implementation" not in str(e) and "sdpa" not in str(e).lower():
-                raise
-            model, info = AutoModelForMaskedLM.from_pretrained(name, **kwargs)
-    except ValueError as e:
-        raise ModelError(f"'{name}' ({config.model_type}) cannot be used as a masked-LM: {str(e).splitlines()[0]}. "
-                         f"Use an encoder trained with masked-LM (BERT, RoBERTa, ...; e.g. an llmkit pretrain "
-                         f"run).") from None
-    except Exception as e:  # noqa: BLE001
-        raise _hub_or_path_error(name, "model", e) from None
+    model, info, _ = load_pretrained("AutoModelForMaskedLM", name, config, attn_implementation, trust_remote_code)
     prefix = f"{model.base_model_prefix}."
     head_missing = sorted(k for k in info.get("missing_keys", ()) if not k.startswith(prefix))
     if head_missing:
@@ -174,14 +197,7 @@ def max_positions(config: Any) -> int | None:
     return int(value)
 
 
-# ---------------------------------------------------------------- precision
-
-
-def has_accelerator() -> bool:
-    """A GPU (CUDA/ROCm), Apple MPS or Intel XPU device is visible to torch."""
-    mps = getattr(torch.backends, "mps", None)
-    xpu = getattr(torch, "xpu", None)
-    return torch.cuda.is_available() or bool(mps and mps.is_available()) or bool(xpu and xpu.is_available())
+# ---------------------------------------------------------------- attention
 
 
 def resolve_attention(requested: str, device_type: str) -> str:
@@ -190,33 +206,6 @@ def resolve_attention(requested: str, device_type: str) -> str:
     if requested != "auto":
         return requested
     return "eager" if device_type == "cpu" else "sdpa"
-
-
-def resolve_precision(requested: str) -> tuple[str, str]:
-    """(precision, why) for `auto|bf16|fp16|fp32` on this machine."""
-    import torch
-
-    if requested != "auto":
-        if requested == "fp16" and not torch.cuda.is_available():
-            from llmkit.errors import ConfigError
-
-            raise ConfigError("precision fp16 needs a CUDA GPU; none is visible. Use --set precision=bf16 or fp32.")
-        return requested, "requested"
-    if torch.cuda.is_available():
-        if torch.cuda.is_bf16_supported(including_emulation=False):
-            return "bf16", f"{torch.cuda.get_device_name(0)} supports bf16"
-        return "fp16", f"{torch.cuda.get_device_name(0)} has no bf16; using fp16 mixed precision"
-    if cpu_has_bf16():
-        return "bf16", "the CPU has native bf16 instructions (AVX-512 BF16 / AMX)"
-    return "fp32", "no GPU and no native bf16 on this CPU"
-
-
-def cpu_has_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return any(flag in flags.split() for flag in ("avx512_bf16", "amx_bf16"))
 
 
 def describe(model: Any) -> dict[str, Any]:
@@ -246,20 +235,24 @@ class MaskedPositionsHead:
     so the model's parameters, state dict, `save_pretrained` and distributed wrappers are untouched.
     """
 
-    def __init__(self, model: torch.nn.Module):
+    def __init__(self, model: Any):
+        import torch
+
         self.head = None
         for name in MLM_HEAD_ATTRIBUTES:
             module = getattr(model, name, None)
             if isinstance(module, torch.nn.Module):
                 self.head = module
                 break
-        self.positions: torch.Tensor | None = None
+        self.positions: Any = None
         if self.head is not None:
             original = self.head.forward
 
             def forward(hidden_states, *args, **kwargs):
-                if self.positions is not None:
-                    hidden_states = hidden_states[self.positions]
+                if self.positions is not None:  # flat indices (no sync), or a boolean mask
+                    positions = self.positions
+                    hidden_states = hidden_states[positions] if positions.dtype == torch.bool else \
+                        hidden_states.flatten(0, -2).index_select(0, positions)
                 return original(hidden_states, *args, **kwargs)
 
             self.head.forward = forward

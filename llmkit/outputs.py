@@ -38,15 +38,15 @@ def looks_like_run(path: Path) -> bool:
 
 
 def last_checkpoint(path: Path) -> str | None:
+    """The newest complete checkpoint: transformers' ordering, skipping one whose save was interrupted (the
+    Trainer writes trainer_state.json last)."""
+    from transformers.trainer_utils import sort_checkpoints
+
     folder = path / CHECKPOINTS
     if not folder.is_dir():
         return None
-    steps = []
-    for child in folder.iterdir():
-        if child.is_dir() and child.name.startswith("checkpoint-") and child.name[11:].isdigit() and \
-                (child / "trainer_state.json").is_file():
-            steps.append((int(child.name[11:]), child))
-    return str(max(steps)[1]) if steps else None
+    complete = [c for c in sort_checkpoints(str(folder)) if (Path(c) / "trainer_state.json").is_file()]
+    return complete[-1] if complete else None
 
 
 def check_output_dir(output_dir: str, resume: bool, overwrite: bool) -> RunDir:
@@ -76,22 +76,11 @@ def check_output_dir(output_dir: str, resume: bool, overwrite: bool) -> RunDir:
     return RunDir(path, previous=path)
 
 
-def prepare(cfg: Any, resume: bool, overwrite: bool, resumable_changes: set[str],
-            log: Callable[[str], None]) -> tuple[RunDir, dict[str, Any] | None]:
-    """The checks every training recipe makes before loading a model: output directory, training keys, model
-    path and length limit, and on --resume an unchanged configuration. Returns (run dir, metrics if already done)."""
-    from llmkit import config as config_lib
-
+def check_run_dir(cfg: Any, resume: bool, overwrite: bool, resumable_changes: set[str],
+                  log: Callable[[str], None]) -> tuple[RunDir, dict[str, Any] | None]:
+    """The output directory a training recipe may use, and on --resume an unchanged configuration (cheap: nothing
+    heavy is imported). Returns (run dir, metrics if the run already finished)."""
     run_dir = check_output_dir(cfg.output_dir, resume, overwrite)
-    config_lib.check_training_keys(cfg.training)
-    if cfg.model.name:
-        from llmkit import modeling
-
-        modeling.check_model_path(cfg.model.name)
-        positions = modeling.max_positions(modeling.read_config(cfg.model.name, cfg.model.trust_remote_code))
-        if positions is not None and cfg.data.max_seq_length > positions:
-            raise ConfigError(f"data.max_seq_length {cfg.data.max_seq_length} exceeds the {positions} positions of "
-                              f"'{cfg.model.name}'. Pass --max-seq-length {positions} or less.")
     if resume:
         if is_finished(run_dir.path):
             log(f"the run in {run_dir.path} already finished; nothing to resume (metrics in metrics.json)")
@@ -129,7 +118,7 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def start(run: RunDir, config_yaml: str) -> None:
+def record_start(run: RunDir, config_yaml: str) -> None:
     """Create the run directory (moving an overwritten run aside) and record the config the run started with."""
     if run.previous is not None:
         aside = run.path.with_name(f".{run.path.name}.replaced-{int(time.time())}")
@@ -149,7 +138,8 @@ def stage_model(run: RunDir, trainer: Any, tokenizer: Any) -> Path | None:
     """Save the trained model and tokenizer into OUTPUT_DIR/.staging; returns it on the main process, else None.
 
     Every process must call it: FSDP/DeepSpeed gather the weights collectively. The final files are added by
-    `finish` and moved into place by `publish`, so a crash never leaves a directory that looks finished.
+    `write_final` and moved into place by `move_into_place`, so a crash never leaves a directory that looks
+    finished.
     """
     staging = run.path / ".staging"
     if trainer.is_world_process_zero():
@@ -164,10 +154,10 @@ def stage_model(run: RunDir, trainer: Any, tokenizer: Any) -> Path | None:
     return staging
 
 
-def finish(run: RunDir, staging: Path, trainer: Any, cfg: Any, metrics: dict[str, Any], plot_title: str,
-           card: dict[str, Any]) -> None:
+def write_final(run: RunDir, staging: Path, trainer: Any, cfg: Any, metrics: dict[str, Any], plot_title: str,
+                card: dict[str, Any]) -> None:
     """Add the run's records to the staged model (trainer_state.json, metrics.json, loss.png, README.md, then
-    llmkit.yaml) and publish them; `card` holds `model_card`'s title, summary, data, model and usage."""
+    llmkit.yaml) and move them into place; `card` holds `model_card`'s arguments."""
     from llmkit import config as config_lib
 
     trainer.state.save_to_json(str(staging / "trainer_state.json"))
@@ -178,11 +168,11 @@ def finish(run: RunDir, staging: Path, trainer: Any, cfg: Any, metrics: dict[str
     (staging / "README.md").write_text(model_card(**card, changed=changed, metrics=metrics, command=cfg.command),
                                        encoding="utf-8")
     (staging / RUN_CONFIG).write_text(config_lib.dump(cfg), encoding="utf-8")
-    publish(run, staging)
+    move_into_place(run, staging)
     finish_replacement(run)
 
 
-def publish(run: RunDir, staging: Path) -> None:
+def move_into_place(run: RunDir, staging: Path) -> None:
     """Move staged files into the run directory; the files that mark a finished run go last."""
     names = sorted(p.name for p in staging.iterdir())
     for name in [n for n in names if n not in FINAL_LAST] + [n for n in FINAL_LAST if n in names]:
@@ -256,8 +246,20 @@ def confusion_plot(matrix: Any, labels: list[str], path: Path, title: str) -> No
 
 
 def model_card(*, title: str, summary: str, data: str, model: dict[str, Any], changed: dict[str, Any],
-               metrics: dict[str, Any], usage: str, command: str = "pretrain") -> str:
-    """README.md of a run: what was trained on what, how, how well, and how to use it."""
+               metrics: dict[str, Any], usage: str, command: str = "pretrain", base_model: str | None = None,
+               pipeline_tag: str = "fill-mask", datasets: list[str] | None = None) -> str:
+    """README.md of a run: YAML front matter the Hub indexes (`huggingface_hub.ModelCardData`), then what was
+    trained on what, how, how well, and how to use it."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    from llmkit.data import is_local
+
+    hub_datasets = [d for d in datasets or [] if not is_local(d)]
+    card_data = ModelCardData(
+        library_name="transformers", pipeline_tag=pipeline_tag, tags=["llmkit", command],
+        base_model=base_model if base_model and not is_local(base_model) else None,
+        datasets=hub_datasets or None,
+        metrics=[k for k, v in metrics.items() if isinstance(v, float) and k in KNOWN_METRICS] or None)
     lines = [f"# {title}", "", summary, "", "## Data", "", data, "", "## Model", ""]
     lines += [f"- {k}: {v:,}" if isinstance(v, int) else f"- {k}: {v}" for k, v in model.items() if v is not None]
     lines += ["", "## Settings that differ from the defaults", ""]
@@ -268,7 +270,12 @@ def model_card(*, title: str, summary: str, data: str, model: dict[str, Any], ch
             lines.append(f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v:,} |")
     lines += ["", "## Use", "", "```python", usage.strip(), "```", "",
               f"The full configuration is in `llmkit.yaml`; rerun it with `llmkit {command} llmkit.yaml`.", ""]
-    return "\n".join(lines)
+    return str(ModelCard(f"---\n{card_data.to_yaml()}\n---\n\n" + "\n".join(lines)))
+
+
+# Metric ids the Hub knows, among the keys of metrics.json.
+KNOWN_METRICS = {"accuracy", "perplexity", "f1_macro", "f1_micro", "precision_macro", "recall_macro", "roc_auc",
+                 "mse", "pearson", "spearman"}
 
 
 def changed_settings(resolved: dict[str, Any], default: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -284,3 +291,49 @@ def changed_settings(resolved: dict[str, Any], default: dict[str, Any], prefix: 
         elif value != ref:
             out[f"{prefix}{key}"] = value
     return out
+
+
+# ---------------------------------------------------------------- prediction files (predict, finetune)
+
+PREDICTION_SUFFIXES = (".csv", ".tsv", ".jsonl")
+
+
+def check_predictions_path(output: str) -> None:
+    path = Path(output).expanduser()
+    if path.suffix.lower() not in PREDICTION_SUFFIXES:
+        raise OutputError(f"--output '{output}' must end in {', '.join(PREDICTION_SUFFIXES)} (the format follows the "
+                          f"suffix).")
+    if path.is_dir():
+        raise OutputError(f"--output '{output}' is a directory. Give a file path.")
+    if not path.parent.is_dir():
+        raise OutputError(f"The folder of --output '{output}' does not exist. Create it first.")
+
+
+def prediction_row(record: dict[str, Any]) -> dict[str, Any]:
+    """A prediction as one table row: text, [text_pair], [gold], label, score (multi-label: ';'-joined)."""
+    row = {k: record[k] for k in ("text", "text_pair", "gold") if k in record}
+    if "labels" in record:
+        row["label"] = ";".join(record["labels"])
+        row["score"] = ";".join(f"{record['scores'][n]:.4f}" for n in record["labels"])
+    else:
+        if "label" in record:
+            row["label"] = record["label"]
+        row["score"] = record["score"]
+    return row
+
+
+def write_predictions(path: Path, records: list[dict[str, Any]]) -> None:
+    """CSV/TSV (one row per text, see `prediction_row`) or JSON Lines (full records), by the file's suffix."""
+    import csv
+
+    path = path.expanduser()
+    with path.open("w", encoding="utf-8", newline="") as f:
+        if path.suffix.lower() == ".jsonl":
+            for record in records:
+                f.write(json.dumps(record, ensure_ascii=False) + "\n")
+            return
+        rows = [prediction_row(r) for r in records]
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["text", "label", "score"],
+                                delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
+        writer.writeheader()
+        writer.writerows(rows)

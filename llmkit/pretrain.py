@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from llmkit import config as config_lib
-from llmkit import data, outputs
+from llmkit import data, modeling, outputs
 from llmkit.config import RunConfig
 from llmkit.console import log
 from llmkit.errors import ConfigError
@@ -30,19 +30,18 @@ RESUMABLE_CHANGES = {"training.logging_steps", "training.eval_steps", "training.
 def run(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
     """Pretrain per `cfg`; returns the final metrics. Writes the run directory described in DESIGN.md."""
     # 1. validate everything cheap before loading anything: the run directory, the settings, the corpus
-    run_dir, finished = outputs.prepare(cfg, resume, overwrite, RESUMABLE_CHANGES, log)
+    run_dir, finished = outputs.check_run_dir(cfg, resume, overwrite, RESUMABLE_CHANGES, log)
     if finished is not None:
         return finished
     corpus = data.plan_corpus(cfg.data)
+    modeling.check_model(cfg)
 
     # 2. placement and precision (sets up the process group under accelerate/torchrun)
-    from llmkit import modeling, training
+    from llmkit import devices, training
 
-    precision, why = modeling.resolve_precision(cfg.precision)
-    args = training.training_arguments(
-        cfg, run_dir.checkpoints, precision, remove_unused_columns=False,  # keep "index": it keys the masks
-        # a masked LM uses every parameter each step: spare DDP its per-step search for unused ones
-        ddp_find_unused_parameters=cfg.training.get("ddp_find_unused_parameters", False))
+    precision, why = devices.precision(cfg.precision)
+    args = training.training_arguments(cfg, run_dir.checkpoints, precision,
+                                       remove_unused_columns=False)  # keep "index": it keys the masks
     attention = modeling.resolve_attention(cfg.model.attn_implementation, args.device.type)
     log(f"precision: {precision} ({why}); attention: {attention}")
 
@@ -59,10 +58,27 @@ def run(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> dict[s
     log(f"features: {len(train_blocks):,} training blocks ({train_blocks.num_tokens:,} tokens), "
         f"{len(eval_blocks):,} evaluation blocks of up to {cfg.data.max_seq_length} tokens")
 
-    # 4. model
+    # 4. model: the checkpoint's (continued pretraining) or a new one of the preset size
+    model = mlm_model(cfg, tokenizer, attention)
+    shape = modeling.describe(model)
+
+    # 5. trainer: keyed masks, keyed block order, the MLM head and loss only at masked positions
+    trainer, guard, _ = make_trainer(cfg, args, model, tokenizer, train_blocks, eval_blocks)
+
+    # 6. train (Ctrl-C / SIGTERM save a checkpoint; a non-finite loss stops without saving)
+    result = training.train(trainer, guard, run_dir, config_lib.dump(cfg))
+
+    # 7. evaluate (unless the last step just did) and save the run directory
+    summary = final_metrics(evaluated(trainer), result.metrics, trainer, training.effective_batch_size(args, trainer),
+                            cfg, precision, train_blocks)
+    save(run_dir, trainer, tokenizer, cfg, summary, corpus.description, shape)
+    return summary
+
+
+def mlm_model(cfg: RunConfig, tokenizer: Any, attention: str) -> Any:
     if cfg.model.name:
-        model, note = modeling.load_mlm(cfg.model.name, cfg.model.trust_remote_code, attention, cfg.model.dropout)
-        if note:
+        model, notes = modeling.load_mlm(cfg.model.name, cfg.model.trust_remote_code, attention, cfg.model.dropout)
+        for note in notes:
             log(note)
         modeling.check_vocab(model, tokenizer, cfg.model.name, cfg.model.tokenizer or cfg.model.name)
     else:
@@ -71,24 +87,14 @@ def run(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> dict[s
     shape = modeling.describe(model)
     log(f"model: {shape['architecture']} {shape['layers']}x{shape['hidden_size']}, {shape['parameters'] / 1e6:.1f}M "
         f"parameters, vocabulary {len(tokenizer):,}")
+    return model
 
-    # 5. trainer: keyed masks, keyed block order, the MLM head and loss only at masked positions
-    trainer, guard, effective_batch = make_trainer(cfg, args, model, tokenizer, train_blocks, eval_blocks)
 
-    # 6. train (Ctrl-C / SIGTERM save a checkpoint; a non-finite loss stops without saving)
-    result = training.train(trainer, guard, run_dir, config_lib.dump(cfg))
-
-    # 7. evaluate (unless the last step just did) and save the run directory
-    if training.effective_batch_size(args, trainer) != effective_batch:
-        effective_batch = training.effective_batch_size(args, trainer)
-        log(f"batch: auto_find_batch_size lowered it to {trainer.state.train_batch_size} per device = "
-            f"{effective_batch} sequences per step")
+def evaluated(trainer: Any) -> dict[str, Any]:
+    """The evaluation of the final model: the one the last step logged, or a new one."""
     last = trainer.state.log_history[-2:] if trainer.state.log_history else []
     done = [e for e in last if "eval_loss" in e and e.get("step") == trainer.state.global_step]
-    metrics = done[-1] if done else trainer.evaluate()
-    summary = final_metrics(metrics, result.metrics, trainer, effective_batch, cfg, precision, train_blocks)
-    save(run_dir, trainer, tokenizer, cfg, summary, corpus.description, shape)
-    return summary
+    return done[-1] if done else trainer.evaluate()
 
 
 def local_processes() -> int:
@@ -111,14 +117,14 @@ def make_trainer(cfg: RunConfig, args: Any, model: Any, tokenizer: Any, train_bl
                                     mask_replace_prob=replace, random_replace_prob=random_,
                                     whole_word_mask=cfg.mlm.whole_word_mask, key=cfg.seed)
     effective_batch = training.effective_batch_size(args)
-    guard = training.GuardCallback()
+    guard = training.StopCallback()
     trainer = training.MLMTrainer(
         model=model, args=args, data_collator=collator, train_dataset=train_blocks, eval_dataset=eval_blocks,
         processing_class=tokenizer, sparse_head=cfg.mlm.sparse_head,
         callbacks=[training.LogCallback(effective_batch * cfg.data.max_seq_length), guard,
                    training.MaskingEpochCallback(collator)])
     trainer.remove_callback(transformers.trainer_callback.PrinterCallback)
-    if cfg.mlm.sparse_head and not trainer.sparse.available:
+    if cfg.mlm.sparse_head and not trainer.masked_head.available:
         log(f"{type(model).__name__} has no known per-token MLM head; computing the full head (same results, slower)")
     log(f"batch: {args.per_device_train_batch_size} per device x {args.gradient_accumulation_steps} accumulation x "
         f"{args.world_size} process(es) = {effective_batch} sequences per step")
@@ -178,6 +184,9 @@ def cached_trained_tokenizer(cfg: RunConfig, corpus: data.Corpus) -> Any:
 
 def final_metrics(metrics: dict[str, Any], train: dict[str, Any], trainer: Any, effective_batch: int,
                   cfg: RunConfig, precision: str, blocks: data.TokenBlocks) -> dict[str, Any]:
+    if trainer.state.train_batch_size and trainer.state.train_batch_size != trainer.args.per_device_train_batch_size:
+        log(f"batch: auto_find_batch_size lowered it to {trainer.state.train_batch_size} per device = "
+            f"{effective_batch} sequences per step")
     steps = trainer.state.global_step
     runtime = train.get("train_runtime") or float("nan")
     tokens_seen = int(getattr(trainer.state, "num_input_tokens_seen", 0) or 0) or \
@@ -208,7 +217,7 @@ def save(run_dir: outputs.RunDir, trainer: Any, tokenizer: Any, cfg: RunConfig, 
     if staging is None:  # not the main process
         return
     mask = tokenizer.mask_token or "[MASK]"
-    outputs.finish(run_dir, staging, trainer, cfg, metrics, "Masked-LM pretraining", card=dict(
+    outputs.write_final(run_dir, staging, trainer, cfg, metrics, "Masked-LM pretraining", card=dict(
         title=f"{Path(cfg.output_dir).name}: masked-LM pretraining",
         summary=(f"A {shape['architecture']} pretrained with masked language modelling by `llmkit pretrain` "
                  f"({'continued from `' + cfg.model.name + '`' if cfg.model.name else 'from scratch, size ' + cfg.model.size}). "
@@ -219,6 +228,7 @@ def save(run_dir: outputs.RunDir, trainer: Any, tokenizer: Any, cfg: RunConfig, 
               f"({metrics['train_tokens']:,} tokens seen)."),
         model={**shape, "precision": metrics["precision"], "processes": metrics["processes"],
                "effective batch size": metrics["effective_batch_size"]},
-        usage=USAGE.format(path=Path(cfg.output_dir).resolve(), mask=mask)))
+        usage=USAGE.format(path=Path(cfg.output_dir).resolve(), mask=mask),
+        base_model=cfg.model.name, pipeline_tag="fill-mask", datasets=cfg.data.train))
     log(f"saved to {run_dir.path}: eval_loss {metrics['eval_loss']:.4f}, perplexity {metrics['perplexity']:.2f}, "
         f"masked_accuracy {(metrics['masked_accuracy'] or 0):.4f}")

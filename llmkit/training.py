@@ -14,31 +14,35 @@ import torch.nn.functional as F
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
+from llmkit import hf_compat
 from llmkit.console import log
+from llmkit.devices import has_accelerator
 from llmkit.errors import ConfigError
-from llmkit.modeling import MaskedPositionsHead, has_accelerator
+from llmkit.modeling import MaskedPositionsHead
 
 DATA_TIMEOUT_S = 24 * 3600  # the data stage may wait this long for the slowest rank's share of tokenization
+SIGNAL_CHECK_STEPS = 10  # launched runs agree on stopping (after Ctrl-C / SIGTERM) every this many steps
 
 
 def training_arguments(cfg: Any, output_dir: Path, precision: str, **overrides: Any) -> TrainingArguments:
     """TrainingArguments for `cfg`; building them sets up the process group under accelerate launch/torchrun."""
-    import os
-
     values = dict(cfg.training)
     values.update(overrides)
     if not has_accelerator():
         # CPU training, explicitly: bf16 autocast on the CPU needs it, and under torchrun / accelerate launch
         # it is what makes Accelerate join the processes with gloo instead of running N independent copies.
         values.setdefault("use_cpu", True)
-    # llmkit's --precision decides; an Accelerate config's mixed_precision (passed by `accelerate launch` as
-    # ACCELERATE_MIXED_PRECISION) would otherwise silently turn an fp32 run into a mixed-precision one.
-    wanted = {"bf16": "bf16", "fp16": "fp16"}.get(precision, "no")
-    launched = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
-    if launched not in ("no", wanted):
+    # Masked LMs and classifiers use every parameter each step: spare DDP its per-step search for unused ones.
+    values.setdefault("ddp_find_unused_parameters", False)
+    values.setdefault("dataloader_num_workers", loader_workers())
+    if precision == "fp32" and torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 8:
+        values.setdefault("tf32", True)  # fp32 on Ampere/Hopper: TF32 matmuls, several times faster
+    # llmkit's --precision decides; an Accelerate config's mixed_precision would otherwise silently turn an fp32
+    # run into a mixed-precision one.
+    launched = hf_compat.set_launch_precision(precision)
+    if launched not in ("no", {"bf16": "bf16", "fp16": "fp16"}.get(precision, "no")):
         log(f"the Accelerate config asks for mixed_precision={launched}; llmkit uses precision {precision} "
             f"(change it with --precision)")
-    os.environ["ACCELERATE_MIXED_PRECISION"] = wanted
     try:
         args = TrainingArguments(
             output_dir=str(output_dir),
@@ -57,8 +61,19 @@ def training_arguments(cfg: Any, output_dir: Path, precision: str, **overrides: 
         # than one process per GPU and breaks the masked-positions head (its replicas share one head). Use one.
         log(f"{args.n_gpu} GPUs are visible to this single process: training on {args.device}. To use them all, "
             f"add --num-processes {args.n_gpu} (or run under accelerate launch / torchrun)")
-        args._n_gpu = 1
+        hf_compat.use_one_gpu(args)
     return args
+
+
+def loader_workers() -> int:
+    """Data loader worker processes: none on a CPU (they would compete with training for the cores), a few per
+    GPU (collation then overlaps the accelerator's step)."""
+    import os
+
+    if not has_accelerator():
+        return 0
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return max(1, min(4, (os.cpu_count() or 2) // local - 1))
 
 
 @contextlib.contextmanager
@@ -107,7 +122,7 @@ class SeededTrainer(Trainer):
     def _get_train_sampler(self, train_dataset=None):
         sampler = super()._get_train_sampler(train_dataset)
         if isinstance(sampler, LengthGroupedSampler):
-            per_device = getattr(self, "_train_batch_size", None) or self.args.train_batch_size
+            per_device = hf_compat.train_batch_size(self)
             step = per_device * self.args.gradient_accumulation_steps * self.args.world_size
             seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
             grouped = LengthGroupedSampler(step, lengths=sampler.lengths, generator=torch.Generator())
@@ -135,23 +150,27 @@ class EpochLengthGroupedSampler(torch.utils.data.Sampler):
 # ---------------------------------------------------------------- masked-positions-only MLM loss
 
 
-def mlm_logits(model: torch.nn.Module, inputs: dict[str, torch.Tensor], sparse: MaskedPositionsHead | None):
-    """(logits at labelled positions [M, V], labels [M], row index of each position [M])."""
+def mlm_logits(model: torch.nn.Module, inputs: dict[str, torch.Tensor], head: MaskedPositionsHead | None):
+    """(logits at labelled positions [M, V], their labels [M], their flat positions [M]).
+
+    The positions come from the collator (`masked_index`, computed on the CPU) when it provides them, so nothing
+    here waits for the accelerator to say how many there are; otherwise they are found from the labels."""
     inputs = dict(inputs)
     labels = inputs.pop("labels")
-    positions = labels.ne(-100)
-    if sparse is not None and sparse.available:
-        sparse.positions = positions
+    index = inputs.pop("masked_index", None)
+    if index is None:
+        index = labels.flatten().ne(-100).nonzero().squeeze(-1)
+    if head is not None and head.available:
+        head.positions = index
         try:
             logits = model(**inputs).logits
         finally:
-            sparse.positions = None
+            head.positions = None
         if logits.dim() != 2:  # the head reshaped its output: not a per-token head after all
             raise RuntimeError("masked-positions head produced logits of unexpected shape")
     else:
-        logits = model(**inputs).logits[positions]
-    rows = positions.nonzero()[:, 0]
-    return logits, labels[positions], rows
+        logits = model(**inputs).logits.flatten(0, 1).index_select(0, index)
+    return logits, labels.flatten().index_select(0, index), index
 
 
 class MaskingEpochCallback(TrainerCallback):
@@ -175,7 +194,7 @@ class MLMTrainer(SeededTrainer):
 
     def __init__(self, *args: Any, sparse_head: bool = True, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        self.sparse = MaskedPositionsHead(self.model) if sparse_head else None
+        self.masked_head = MaskedPositionsHead(self.model) if sparse_head else None
         self.model_accepts_loss_kwargs = True  # ask the Trainer for num_items_in_batch
 
     def _get_train_sampler(self, train_dataset=None):
@@ -187,7 +206,7 @@ class MLMTrainer(SeededTrainer):
         return KeyedShuffle(len(dataset), seed)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        logits, labels, _ = mlm_logits(model, inputs, self.sparse)
+        logits, labels, _ = mlm_logits(model, inputs, self.masked_head)
         loss = F.cross_entropy(logits.float(), labels, reduction="sum")
         if num_items_in_batch is None:
             loss = loss / labels.numel() if labels.numel() else loss
@@ -202,10 +221,11 @@ class MLMTrainer(SeededTrainer):
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         inputs = self._prepare_inputs(inputs)
         with torch.no_grad(), self.compute_loss_context_manager():
-            logits, labels, rows = mlm_logits(model, inputs, self.sparse)
+            logits, labels, index = mlm_logits(model, inputs, self.masked_head)
             token_loss = F.cross_entropy(logits.float(), labels, reduction="none")
             correct = logits.argmax(-1).eq(labels).float()
-        batch = inputs["input_ids"].shape[0]
+        batch, width = inputs["input_ids"].shape
+        rows = torch.div(index, width, rounding_mode="floor")
         stats = torch.zeros(batch, 3, dtype=torch.float32, device=token_loss.device)
         stats[:, 0].index_add_(0, rows, token_loss)
         stats[:, 1].index_add_(0, rows, correct)
@@ -230,7 +250,7 @@ class MLMTrainer(SeededTrainer):
             torch.set_rng_state(cpu_state)
             if cuda_states is not None:
                 torch.cuda.set_rng_state_all(cuda_states)
-        prefix = kwargs.get("metric_key_prefix", args[4] if len(args) > 4 else "eval")
+        prefix = hf_compat.metric_key_prefix(args, kwargs)
         stats = output.predictions
         if stats is not None and len(stats):
             loss_sum, correct, count = (float(x) for x in stats.sum(axis=0))
@@ -247,7 +267,7 @@ class MLMTrainer(SeededTrainer):
 
 
 class LogCallback(TrainerCallback):
-    """One compact line per log event on stderr: step, loss, learning rate, throughput."""
+    """One compact line per log event on stderr: step, loss, learning rate, throughput, elapsed time and ETA."""
 
     def __init__(self, tokens_per_step: int | None = None):
         self.tokens_per_step = tokens_per_step
@@ -269,12 +289,18 @@ class LogCallback(TrainerCallback):
             parts = [f"loss {_fmt(logs['loss'])}"]
             if "learning_rate" in logs:
                 parts.append(f"lr {logs['learning_rate']:.2e}")
-            if self.tokens_per_step and self.start is not None:
-                elapsed = time.perf_counter() - self.start
-                done = state.global_step - self.start_step
-                if elapsed > 0 and done > 0:
-                    parts.append(f"{done * self.tokens_per_step / elapsed / 1000:.1f}k tok/s")
-            log(f"{step}  " + "  ".join(parts))
+            log(f"{step}  " + "  ".join(parts + self.pace(state)))
+
+    def pace(self, state) -> list[str]:
+        """Throughput, elapsed time and the time left at the pace so far (evaluations included)."""
+        from llmkit.console import clock
+
+        elapsed, done = time.perf_counter() - (self.start or time.perf_counter()), state.global_step - self.start_step
+        if elapsed <= 0 or done <= 0:
+            return []
+        out = [f"{done * self.tokens_per_step / elapsed / 1000:.1f}k tok/s"] if self.tokens_per_step else []
+        left = max(0, state.max_steps - state.global_step) * elapsed / done
+        return out + [f"elapsed {clock(elapsed)}", f"ETA {clock(left)}"]
 
 
 def _fmt(value: Any) -> str:
@@ -283,7 +309,7 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-class GuardCallback(TrainerCallback):
+class StopCallback(TrainerCallback):
     """Stops cleanly on SIGINT/SIGTERM (saving a resumable checkpoint) and on a non-finite loss (saving nothing)."""
 
     def __init__(self):
@@ -311,7 +337,11 @@ class GuardCallback(TrainerCallback):
             f"(send it again to stop at once)")
 
     def on_step_end(self, args, state, control, **kwargs):
-        if args.world_size > 1:  # every process stops at the same step, or the others would wait forever
+        # Every process stops at the same step, or the others would wait forever. Agreeing costs a collective and
+        # a host sync, so processes compare notes every SIGNAL_CHECK_STEPS steps (all at the same steps).
+        if args.world_size > 1:
+            if state.global_step % SIGNAL_CHECK_STEPS:
+                return
             stop = torch.tensor([1.0 if self.interrupted else 0.0], device=args.device)
             torch.distributed.all_reduce(stop, op=torch.distributed.ReduceOp.MAX)
             if stop.item() and not self.interrupted:
@@ -330,13 +360,13 @@ class GuardCallback(TrainerCallback):
             control.should_training_stop = True
 
 
-def train(trainer: Trainer, guard: GuardCallback, run_dir: Any, config_yaml: str) -> Any:
+def train(trainer: Trainer, guard: StopCallback, run_dir: Any, config_yaml: str) -> Any:
     """Record the starting config (a fresh run), train under the guard, and turn a stop into a clear error."""
     from llmkit import outputs
     from llmkit.errors import RunError
 
     if trainer.is_world_process_zero() and not run_dir.resume_from:
-        outputs.start(run_dir, config_yaml)
+        outputs.record_start(run_dir, config_yaml)
     guard.install()
     try:
         result = trainer.train(resume_from_checkpoint=run_dir.resume_from)

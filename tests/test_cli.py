@@ -23,6 +23,24 @@ def test_help_does_not_import_torch_or_transformers():
     assert "HEAVY []" in out
 
 
+@pytest.mark.parametrize("argv, phrase", [
+    (["pretrain", "--data", "missing.txt"], "does not exist"),
+    (["pretrain", "--set", "training.learnig_rate=1e-4"], "Did you mean 'learning_rate'"),
+    (["pretrain", "--max-steps", "-5"], "must be positive, or -1"),
+    (["finetune", "--data", "missing.csv", "--model", "m"], "does not exist"),
+    (["prepare", "--data", "missing.txt", "-o", "out"], "does not exist"),
+])
+def test_bad_input_fails_fast_without_importing_torch(tmp_path, argv, phrase):
+    """Paths, formats, config keys and values are checked before torch or transformers are imported."""
+    code = ("import sys, time\nfrom llmkit.cli import app\nstart = time.perf_counter()\n"
+            "try:\n    app(sys.argv[1:])\nexcept SystemExit as e:\n    code = e.code\n"
+            "heavy = [m for m in ('torch', 'transformers', 'accelerate') if m in sys.modules]\n"
+            "print('EXIT', code, 'HEAVY', heavy, 'SECONDS', round(time.perf_counter() - start, 3), file=sys.stderr)")
+    result = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, cwd=tmp_path)
+    assert "EXIT 2 HEAVY []" in result.stderr, result.stderr
+    assert phrase in result.stderr.splitlines()[0]
+
+
 @pytest.mark.parametrize("command", ["prepare", "pretrain", "finetune", "fill-mask", "predict"])
 def test_every_command_help_has_examples(command):
     result = runner.invoke(app, [command, "--help"])

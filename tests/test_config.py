@@ -67,7 +67,10 @@ def test_all_problems_reported_at_once():
 
 
 def test_set_parses_scientific_notation_and_lists():
-    assert config.parse_set("training.learning_rate=1e-4") == ("training.learning_rate", 1e-4)
+    # YAML 1.1 reads 1e-4 as a string; the setting's type (here TrainingArguments.learning_rate: float) decides
+    cfg = config.build("pretrain", sets=["training.learning_rate=1e-4", "mlm.probability=3e-1",
+                                         "training.max_steps=1e3"])
+    assert cfg.training["learning_rate"] == 1e-4 and cfg.mlm.probability == 0.3 and cfg.training["max_steps"] == 1000
     assert config.parse_set("data.train=[a.txt, b.txt]") == ("data.train", ["a.txt", "b.txt"])
     assert config.parse_set("training.report_to=none") == ("training.report_to", "none")
     with pytest.raises(ConfigError, match="key=value"):

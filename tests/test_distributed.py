@@ -14,7 +14,6 @@ only this exact comparison needs it off).
 
 from __future__ import annotations
 
-import importlib
 import json
 import math
 import os
@@ -67,28 +66,24 @@ def test_accelerate_configs_are_not_run_recipes():
     assert not set(config.recipe_names()) & {"single-gpu", "multi-gpu", "fsdp", "deepspeed-zero2"}
 
 
-@pytest.mark.parametrize("env", [{}, {"HF_HOME": "{tmp}/hf"}, {"XDG_CACHE_HOME": "{tmp}/xdg"},
-                                 {"HF_HOME": "~/hf", "XDG_CACHE_HOME": "{tmp}/xdg"}, {"HF_HOME": ""}])
-def test_default_config_lookup_is_accelerates(monkeypatch, tmp_path, env):
-    from accelerate.commands.config import config_args
+@pytest.mark.parametrize("env", [{}, {"HF_HOME": "{tmp}/hf"}, {"XDG_CACHE_HOME": "{tmp}/xdg"}])
+def test_default_config_lookup_is_accelerates(tmp_path, env):
+    import subprocess
 
-    from llmkit import environment
-
-    monkeypatch.delenv("HF_HOME", raising=False)
-    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
-    for key, value in env.items():
-        monkeypatch.setenv(key, value.format(tmp=tmp_path))
-    try:  # accelerate computes the path from the environment when the module is imported
-        assert environment.default_accelerate_config_path() == Path(importlib.reload(config_args).default_config_file)
-    finally:
-        monkeypatch.undo()
-        importlib.reload(config_args)
+    code = ("from llmkit import environment\nfrom accelerate.commands.config import config_args\n"
+            "print(environment.default_accelerate_config_path(), config_args.default_config_file)")
+    clean = {k: v for k, v in os.environ.items() if k not in ("HF_HOME", "XDG_CACHE_HOME")}
+    out = subprocess.run([sys.executable, "-c", code], env={**clean, **{k: v.format(tmp=tmp_path) for k, v in
+                                                                    env.items()}}, capture_output=True, text=True)
+    ours, theirs = out.stdout.split()
+    assert ours == theirs and (str(tmp_path) in ours) == bool(env)
 
 
 def test_num_processes_launch_plan(monkeypatch, tmp_path):
     from llmkit import environment
 
-    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    monkeypatch.setattr(environment, "default_accelerate_config_path",
+                        lambda: tmp_path / "accelerate" / "default_config.yaml")
     command, what = environment.launch_command(4, ["pretrain", "--data", "x.txt"])
     assert command[:3] == [sys.executable, "-m", "accelerate.commands.launch"]
     assert command[3:6] == ["--multi_gpu", "--num_processes", "4"]  # N processes on GPUs or gloo-joined CPUs

@@ -10,7 +10,7 @@ import pytest
 from conftest import WORDS, run_cli, toy_corpus
 
 import llmkit
-import llmkit.fill_mask as fm
+from llmkit import fillmask as fm
 from llmkit.errors import ConfigError, DataError, ModelError
 
 TOL = 1e-5
@@ -80,8 +80,8 @@ def test_result_schema_is_stable(filler):
     [result] = fm.fill_mask(filler, "alpha beta [MASK] delta", top_k=2)
     assert list(result) == ["text", "truncated", "masks", "best"]
     assert list(result["masks"][0]) == ["position", "start", "end", "candidates"]
-    assert list(result["masks"][0]["candidates"][0]) == ["token", "token_id", "score", "sequence"]
-    assert list(result["best"]) == ["tokens", "token_ids", "score", "sequence"]
+    assert list(result["masks"][0]["candidates"][0]) == ["token", "token_id", "score", "sequence", "filled"]
+    assert list(result["best"]) == ["tokens", "token_ids", "score", "sequence", "filled"]
     assert (result["text"], result["truncated"]) == ("alpha beta [MASK] delta", False)
     mask = result["masks"][0]
     assert (mask["position"], mask["start"], mask["end"]) == (3, 11, 17)  # [CLS] alpha beta [MASK]
@@ -172,7 +172,7 @@ def test_bf16_encoder_with_fp32_head_stays_close_to_fp32(tiny_mlm, filler):
     texts = single_mask_texts()
     exact = fm.fill_mask(filler, texts, top_k=3)
     fast_filler = fm.load(tiny_mlm, device="cpu", precision="bf16")
-    assert (fast_filler.precision, fast_filler.precision_why) == ("bf16", "requested; encoder in autocast, "
+    assert (fast_filler.precision, fast_filler.why) == ("bf16", "requested; encoder in autocast, "
                                                                   "vocabulary head in fp32")
     fast = fm.fill_mask(fast_filler, texts, top_k=3)
     for a, b in zip(exact, fast):
@@ -182,9 +182,41 @@ def test_bf16_encoder_with_fp32_head_stays_close_to_fp32(tiny_mlm, filler):
 
 
 def test_package_level_function_keeps_working(tiny_mlm):
-    for _ in range(2):  # importing llmkit.fill_mask rebinds the name on the package; it must stay callable
-        [result] = llmkit.fill_mask(str(tiny_mlm), "alpha [MASK]", top_k=1, device="cpu")
-        assert len(result["masks"][0]["candidates"]) == 1
+    import importlib
+
+    importlib.import_module("llmkit.fillmask")  # the recipe module has its own name: the function stays one
+    [result] = llmkit.fill_mask(str(tiny_mlm), "alpha [MASK]", top_k=1, device="cpu")
+    assert len(result["masks"][0]["candidates"]) == 1 and callable(llmkit.fill_mask)
+
+
+def test_filled_text_is_the_input_as_written(tmp_path):
+    from tests.conftest import make_tiny_mlm
+
+    texts = ["人生得意须尽欢", "莫使金樽空对月", "天生我材必有用"] * 30
+    folder = make_tiny_mlm(tmp_path / "zh", texts + toy_corpus(50), vocab_size=120)
+    [chinese, english] = fm.fill_mask(folder, ["人生得[MASK]须尽欢", "alpha [MASK] gamma."], top_k=3, device="cpu")
+    for candidate in chinese["masks"][0]["candidates"]:
+        assert candidate["filled"] == "人生得" + candidate["token"] + "须尽欢"  # no spaces added
+        assert " " in candidate["sequence"]  # the pipeline-compatible field keeps the tokenizer's spacing
+    token = english["masks"][0]["candidates"][0]["token"]
+    assert english["masks"][0]["candidates"][0]["filled"] == f"alpha {token} gamma."
+    assert chinese["best"]["filled"] == "人生得" + chinese["best"]["tokens"][0] + "须尽欢"
+    table = fm.format_table([chinese])
+    assert "人生得" + chinese["best"]["tokens"][0] + "须尽欢" in table
+
+
+def test_half_precision_checkpoint_fills_masks(tiny_mlm, tmp_path):
+    import torch
+    from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+    half = tmp_path / "bf16"
+    AutoModelForMaskedLM.from_pretrained(tiny_mlm).to(torch.bfloat16).save_pretrained(half)
+    AutoTokenizer.from_pretrained(tiny_mlm).save_pretrained(half)
+    for precision in ("fp32", "auto"):
+        filler = fm.load(half, device="cpu", precision=precision)
+        assert next(filler.model.parameters()).dtype == torch.float32
+        [result] = fm.fill_mask(filler, "alpha beta [MASK] delta", top_k=3)
+        assert len(result["masks"][0]["candidates"]) == 3
 
 
 def make_tiny_roberta(folder):
@@ -230,8 +262,32 @@ def test_input_errors_before_loading(tiny_mlm, tmp_path):
         fm.fill_mask(tmp_path, ["alpha [MASK]"])
     blank = tmp_path / "blank.txt"
     blank.write_text("\n  \n")
-    with pytest.raises(DataError, match="No input texts in"):
-        fm.read_inputs([], str(blank))
+    with pytest.raises(DataError, match="No input texts"):
+        fm.main(str(tiny_mlm), [], input_file=str(blank))
+
+
+def test_stdin_is_answered_line_by_line_before_it_closes(tiny_mlm):
+    """An interactive or endless stream gets each result as soon as its line is in, not when stdin closes."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import OFFLINE
+
+    proc = subprocess.Popen([sys.executable, "-m", "llmkit", "fill-mask", str(tiny_mlm), "--input-file", "-", "--json",
+                             "--device", "cpu"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, **OFFLINE})
+    try:
+        for text in ("alpha beta [MASK] delta", "gamma [MASK] epsilon"):
+            proc.stdin.write(text + "\n")
+            proc.stdin.flush()
+            line = proc.stdout.readline()  # blocks until the answer for this line is out: stdin is still open
+            assert json.loads(line)["text"] == text
+        proc.stdin.close()
+        assert proc.wait(timeout=60) == 0 and proc.stdout.read() == ""
+    finally:
+        proc.kill()
 
 
 def test_model_without_masked_lm_head_is_refused(tiny_mlm, tmp_path):

@@ -97,6 +97,10 @@ def test_run_directory_contract(classifier):
     card = (out / "README.md").read_text()
     assert 'pipeline("text-classification"' in card and "high, low, mid" in card and "llmkit finetune llmkit.yaml" in card
     assert "training.learning_rate" in card  # non-default settings are listed
+    from huggingface_hub import ModelCard
+
+    hub = ModelCard.load(out / "README.md")
+    assert hub.data.pipeline_tag == "text-classification" and {"accuracy", "f1_macro"} <= set(hub.data.metrics)
 
 
 def test_string_labels_round_trip_into_config_and_pipeline(classifier):

@@ -9,8 +9,8 @@ import pytest
 
 from llmkit import config
 from llmkit.errors import ConfigError, DataError
-from llmkit.finetune import (Labeled, check_eval_labels, encode_labels, label_names, load_labeled, normalize_labels,
-                             problem_type, split_eval, stratified_sample)
+from llmkit.data.labeled import (Labeled, check_eval_labels, encode_labels, label_names, load_labeled,
+                                 normalize_labels, problem_type, stratified_sample, stratified_split)
 
 
 def labels_of(raw, requested="auto"):
@@ -72,7 +72,7 @@ def test_stratified_split_is_proportional_seeded_and_keeps_every_class_in_traini
     assert counts["c"] == 1  # the remaining slot goes to the largest remainder (c: 0.9)
     assert picked == stratified_sample(labels, 0.1, seed=42)  # reproducible
     assert picked != stratified_sample(labels, 0.1, seed=7)
-    train, held = split_eval(Labeled([str(i) for i in range(100)], None, labels, "d"), "single_label", 0.1, 42)
+    train, held = stratified_split(Labeled([str(i) for i in range(100)], None, labels, "d"), "single_label", 0.1, 42)
     assert len(train.texts) == 90 and len(held.texts) == 10 and set(train.labels) == {"a", "b", "c", "d"}
     assert not set(train.texts) & set(held.texts)
 
@@ -125,6 +125,8 @@ def test_best_model_selection_arguments_are_valid_training_arguments(tmp_path):
                      "save_steps": 500}
     args = training.training_arguments(cfg, tmp_path, "fp32", **extra)  # HF accepts the combination
     assert args.load_best_model_at_end and args.save_steps == args.eval_steps == 500
+    # a classifier uses every parameter each step: DDP must not search for unused ones (an extra pass per step)
+    assert args.ddp_find_unused_parameters is False
     assert selection_arguments(config.build("finetune"), "mse")["greater_is_better"] is False
     with pytest.raises(ConfigError, match="use --set finetune.metric"):
         check_settings(config.build("finetune", sets=["training.metric_for_best_model=accuracy"]))
@@ -134,7 +136,7 @@ def test_best_model_selection_arguments_are_valid_training_arguments(tmp_path):
 
 
 def test_held_out_split_and_max_eval_samples(tmp_path):
-    from llmkit.finetune import labeled_data
+    from llmkit.data.labeled import labeled_data
 
     rows = "".join(f"text {i},{'ab'[i % 4 == 0]}\n" for i in range(40))  # 10 'b', 30 'a'
     (tmp_path / "train.csv").write_text("text,label\n" + rows, encoding="utf-8")

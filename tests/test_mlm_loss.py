@@ -71,7 +71,7 @@ def test_sparse_head_gives_hf_loss_logits_and_gradients(tmp_path):
     reference.loss.backward()
 
     trainer = training.MLMTrainer(model=sparse, args=args(tmp_path))
-    assert trainer.sparse.available
+    assert trainer.masked_head.available
     sparse.train()
     torch.manual_seed(7)
     loss = trainer.compute_loss(sparse, batch)
@@ -87,13 +87,16 @@ def test_sparse_head_gives_hf_loss_logits_and_gradients(tmp_path):
     positions = batch["labels"].ne(-100)
     with torch.no_grad():
         full.eval(), sparse.eval()
-        logits, labels, rows = training.mlm_logits(sparse, batch, trainer.sparse)
+        logits, labels, index = training.mlm_logits(sparse, batch, trainer.masked_head)
         full_logits = full(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        # the collator's flat positions (computed on the CPU: no device sync) give the same
+        given = training.mlm_logits(sparse, {**batch, "masked_index": index}, trainer.masked_head)
     assert logits.shape == (int(positions.sum()), VOCAB)
     torch.testing.assert_close(logits, full_logits[positions], rtol=1e-5, atol=1e-5)
     assert torch.equal(labels, batch["labels"][positions])
-    assert torch.equal(rows, positions.nonzero()[:, 0])
-    assert trainer.sparse.positions is None  # nothing left armed for the next caller
+    assert torch.equal(index, positions.flatten().nonzero()[:, 0])
+    assert torch.equal(given[0], logits) and torch.equal(given[1], labels)
+    assert trainer.masked_head.positions is None  # nothing left armed for the next caller
 
 
 def test_loss_normalised_by_num_items_in_batch_is_the_accumulated_token_mean(tmp_path):

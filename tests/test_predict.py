@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from llmkit import predict
+from llmkit import inference, predict
 from llmkit.errors import DataError, ModelError, OutputError
 from tests.conftest import OFFLINE
 
@@ -35,29 +35,34 @@ def tiny_classifier(tmp_path_factory, tiny_mlm):
     return folder
 
 
+def load(folder, **kwargs):
+    return inference.load(str(folder), "text-classification", device="cpu", **kwargs)
+
+
 def test_batches_sorted_by_length_keep_input_order(tiny_classifier):
-    classifier = predict.load(str(tiny_classifier), device="cpu", precision="fp32")
-    one_by_one = np.concatenate([classifier.logits([t], batch_size=1) for t in TEXTS])
-    batched = classifier.logits(TEXTS, batch_size=3)  # batches mix lengths; padding must not change results
+    classifier = load(tiny_classifier, precision="fp32")
+    one_by_one = np.concatenate([inference.classify(classifier, [t], batch_size=1) for t in TEXTS])
+    batched = inference.classify(classifier, TEXTS, batch_size=3)  # batches mix lengths; padding changes nothing
     np.testing.assert_allclose(batched, one_by_one, atol=1e-5)
     assert len({tuple(row) for row in batched.round(5)}) == len(TEXTS)  # different texts, different outputs
 
 
 def test_auto_precision_follows_the_hardware(tiny_classifier):
-    from llmkit import modeling
+    from llmkit import devices
 
-    classifier = predict.load(str(tiny_classifier), device="cpu")
-    assert classifier.precision == ("bf16" if modeling.cpu_has_bf16() else "fp32")
-    exact = predict.load(str(tiny_classifier), device="cpu", precision="fp32")
-    np.testing.assert_allclose(classifier.logits(TEXTS), exact.logits(TEXTS), atol=0.05)  # bf16 autocast is close
+    classifier = load(tiny_classifier)
+    assert classifier.precision == ("bf16" if devices.cpu_has_bf16() else "fp32")
+    exact = load(tiny_classifier, precision="fp32")
+    np.testing.assert_allclose(inference.classify(classifier, TEXTS), inference.classify(exact, TEXTS),
+                               atol=0.05)  # bf16 autocast is close
 
 
 def test_interpret_each_problem_type():
-    single = predict.interpret("single_label", np.array([[0.0, np.log(3.0)]]), ["neg", "pos"])
+    single = inference.interpret("single_label", np.array([[0.0, np.log(3.0)]]), ["neg", "pos"])
     assert single == [{"label": "pos", "score": 0.75, "scores": {"neg": 0.25, "pos": 0.75}}]
-    multi = predict.interpret("multi_label", np.array([[np.log(3.0), 0.0, -np.log(3.0)]]), ["a", "b", "c"])
+    multi = inference.interpret("multi_label", np.array([[np.log(3.0), 0.0, -np.log(3.0)]]), ["a", "b", "c"])
     assert multi == [{"labels": ["a"], "scores": {"a": 0.75, "b": 0.5, "c": 0.25}}]  # strictly above 0.5
-    assert predict.interpret("regression", np.array([[2.5]]), ["LABEL_0"]) == [{"score": 2.5}]
+    assert inference.interpret("regression", np.array([[2.5]]), ["LABEL_0"]) == [{"score": 2.5}]
 
 
 def test_table_json_and_files(tiny_classifier, tmp_path, capsys):
@@ -85,8 +90,9 @@ def test_pairs_from_jsonl(tiny_classifier, tmp_path, capsys):
     source.write_text("".join(json.dumps({"sentence1": t, "sentence2": "alpha beta"}) + "\n" for t in TEXTS))
     records = predict.main(str(tiny_classifier), [], input_file=str(source), as_json=True, device="cpu")
     assert records[0]["text_pair"] == "alpha beta"
-    classifier = predict.load(str(tiny_classifier), device="cpu")
-    expected = classifier.predict(TEXTS, ["alpha beta"] * len(TEXTS))
+    classifier = load(tiny_classifier)
+    logits = inference.classify(classifier, TEXTS, ["alpha beta"] * len(TEXTS))
+    expected = inference.interpret(classifier.problem_type, logits, classifier.label_names)
     assert [r["score"] for r in records] == pytest.approx([e["score"] for e in expected])
 
 
@@ -120,3 +126,33 @@ def test_cli_reads_stdin_and_does_not_import_the_trainer(tiny_classifier):
                             env={**os.environ, **OFFLINE})
     assert "EXIT 0 TRAINER False" in result.stderr, result.stderr
     assert [json.loads(line)["text"] for line in result.stdout.splitlines()] == ["mu nu", "alpha beta gamma"]
+
+
+def test_reads_every_format_that_finetune_reads(tiny_classifier, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [{"sentence": t, "label": "neg"} for t in TEXTS]
+    files = {"csv": "sentence,label\n" + "".join(f"{t},neg\n" for t in TEXTS),
+             "tsv": "sentence\tlabel\n" + "".join(f"{t}\tneg\n" for t in TEXTS),
+             "jsonl": "".join(json.dumps(r) + "\n" for r in rows), "json": json.dumps(rows)}
+    for suffix, text in files.items():
+        (tmp_path / f"in.{suffix}").write_text(text, encoding="utf-8")
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "in.parquet")
+    expected = [r["label"] for r in predict.main(str(tiny_classifier), TEXTS, device="cpu")]
+    for suffix in (*files, "parquet"):
+        records = predict.main(str(tiny_classifier), [], input_file=str(tmp_path / f"in.{suffix}"), device="cpu")
+        assert [r["text"] for r in records] == TEXTS and [r["label"] for r in records] == expected, suffix
+
+
+def test_half_precision_checkpoint_predicts_like_fp32(tiny_classifier, tmp_path):
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    half = tmp_path / "bf16"
+    AutoModelForSequenceClassification.from_pretrained(tiny_classifier).to(torch.bfloat16).save_pretrained(half)
+    AutoTokenizer.from_pretrained(tiny_classifier).save_pretrained(half)
+    loaded = load(half, precision="fp32")
+    assert next(loaded.model.parameters()).dtype == torch.float32  # weights in fp32 whatever they were saved in
+    np.testing.assert_allclose(inference.classify(loaded, TEXTS), inference.classify(load(tiny_classifier,
+                               precision="fp32"), TEXTS), atol=0.02)  # only the bf16 rounding of the weights

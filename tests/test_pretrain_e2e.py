@@ -44,6 +44,11 @@ def test_run_directory_contract(trained):
     card = (out / "README.md").read_text()
     assert "perplexity" in card.lower() and "pipeline(\"fill-mask\"" in card
     assert "training.max_steps" in card  # non-default settings are listed
+    from huggingface_hub import ModelCard
+
+    hub = ModelCard.load(out / "README.md")  # front matter the Hub indexes, round-tripped
+    assert hub.data.library_name == "transformers" and hub.data.pipeline_tag == "fill-mask"
+    assert "llmkit" in hub.data.tags and "perplexity" in hub.data.metrics and hub.data.base_model is None
     assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert result.stdout.count("\n") == 1, "stdout holds only the result; progress goes to stderr"
     # CI has no GPU: CPU training picks eager attention; the saved model still loads with any implementation

@@ -1,0 +1,213 @@
+"""Running a trained model on texts: loading, device, precision, batching by length, reading inputs, results.
+
+One path for `llmkit fill-mask`, `llmkit predict`, fine-tuning's evaluation predictions and `llmkit serve`:
+
+- `load(name, task)`: the checkpoint's tokenizer and model, weights in fp32 whatever dtype they were saved in,
+  on the chosen device, in eval mode; the precision decided once (`devices.precision`: bf16 autocast where the
+  hardware has it, else fp32; fp16 on CUDA when asked);
+- `by_length`: batches of similar length, longest first (little padding; an out-of-memory error comes early);
+- `classify` / `interpret`: classification logits in input order, and label names with scores;
+- `text_batches`: texts from arguments, a file or stdin, one per line, in bounded batches as they arrive.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from llmkit import devices
+from llmkit.errors import DataError, ModelError
+
+TASKS = ("fill-mask", "text-classification")
+PROBLEM_TYPES = {"single_label_classification": "single_label", "multi_label_classification": "multi_label",
+                 "regression": "regression"}
+
+
+@dataclass
+class Loaded:
+    """A model ready for inference (see `load`)."""
+
+    name: str
+    task: str
+    model: Any
+    tokenizer: Any
+    device: Any  # torch.device
+    precision: str  # bf16 | fp16 | fp32: the autocast dtype of the forward pass
+    why: str  # why that precision
+    window: int  # the longest input the model takes, in tokens
+
+    def autocast(self) -> Any:
+        return devices.autocast(self.precision, self.device)
+
+    @property
+    def label_names(self) -> list[str]:
+        id2label = self.model.config.id2label
+        return [str(id2label[i]) for i in range(self.model.config.num_labels)]
+
+    @property
+    def problem_type(self) -> str:
+        config = self.model.config
+        return PROBLEM_TYPES.get(config.problem_type or "", "regression" if config.num_labels == 1 else "single_label")
+
+
+def load(name: str | Path, task: str, device: str | None = None, precision: str = "auto",
+         trust_remote_code: bool = False, tokenizer: Any = None, config: Any = None) -> Loaded:
+    """Load a checkpoint (a path, a run directory or a hub name) for `task`: fill-mask or text-classification."""
+    from llmkit import modeling
+
+    name = str(name)
+    devices.check_precision(precision)
+    target = devices.device(device)
+    chosen, why = devices.precision(precision, target.type)
+    if config is None:
+        modeling.check_model_path(name)
+        config = modeling.read_config(name, trust_remote_code)
+    if task == "text-classification":
+        check_classifier(name, config)
+    if tokenizer is None:
+        tokenizer = load_tokenizer(name, task, trust_remote_code)
+    if task == "fill-mask":
+        model = modeling.load_trained_mlm(name, config, trust_remote_code)
+    else:
+        model, _, _ = modeling.load_pretrained("AutoModelForSequenceClassification", name, config, "sdpa",
+                                               trust_remote_code)
+    return Loaded(name, task, model.to(target).eval(), tokenizer, target, chosen, why, window(config, tokenizer))
+
+
+def load_tokenizer(name: str, task: str, trust_remote_code: bool = False) -> Any:
+    from llmkit import modeling
+
+    tokenizer = modeling.load_tokenizer(name, trust_remote_code)
+    if task == "fill-mask" and (tokenizer.mask_token is None or tokenizer.mask_token_id is None):
+        raise ModelError(f"The tokenizer of '{name}' has no mask token, so it cannot fill masks. Use a masked-LM "
+                         f"checkpoint (BERT, RoBERTa, ...; e.g. an llmkit pretrain run).")
+    return tokenizer
+
+
+def check_classifier(name: str, config: Any) -> None:
+    architectures = config.architectures or []
+    if architectures and not any(a.endswith("ForSequenceClassification") for a in architectures):
+        raise ModelError(f"'{name}' is a {', '.join(architectures)}, not a sequence classifier. Fine-tune it first: "
+                         f"llmkit finetune --model {name} --data TRAIN.")
+
+
+def window(config: Any, tokenizer: Any) -> int:
+    """The longest input the model takes: its position table, or the tokenizer's limit when smaller."""
+    from llmkit import modeling
+
+    limits = [modeling.max_positions(config) or 512]
+    if 0 < (tokenizer.model_max_length or 0) < 1_000_000:
+        limits.append(int(tokenizer.model_max_length))
+    return min(limits)
+
+
+def by_length(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Indices in batches of similar length, longest first."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    return [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+
+
+# ---------------------------------------------------------------- classification
+
+
+def classify(loaded: Loaded, texts: Sequence[str], pairs: Sequence[str] | None = None,
+             batch_size: int = 64) -> np.ndarray:
+    """Raw outputs [N, num_labels] in input order."""
+    import torch
+
+    tokenizer = loaded.tokenizer
+    encoded = tokenizer(list(texts), list(pairs) if pairs is not None else None, truncation=True,
+                        max_length=loaded.window)
+    columns = list(encoded.keys())
+    out = np.zeros((len(texts), loaded.model.config.num_labels), dtype=np.float32)
+    with torch.inference_mode(), loaded.autocast():
+        for index in by_length([len(ids) for ids in encoded["input_ids"]], batch_size):
+            batch = tokenizer.pad([{k: encoded[k][i] for k in columns} for i in index], return_tensors="pt")
+            out[index] = loaded.model(**{k: v.to(loaded.device) for k, v in batch.items()}).logits.float().cpu().numpy()
+    return out
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return shifted / shifted.sum(axis=-1, keepdims=True)
+
+
+def interpret(problem_type: str, logits: np.ndarray, label_names: Sequence[str]) -> list[dict[str, Any]]:
+    """Per-text results: single_label {label, score, scores}; multi_label {labels, scores} (sigmoid > 0.5);
+    regression {score} (the predicted value)."""
+    logits = logits.astype(np.float64)
+    if problem_type == "regression":
+        return [{"score": float(v)} for v in logits[:, 0]]
+    if problem_type == "multi_label":
+        probs = 1.0 / (1.0 + np.exp(-logits))
+        return [{"labels": [n for n, p in zip(label_names, row) if p > 0.5],
+                 "scores": {n: round(float(p), 6) for n, p in zip(label_names, row)}} for row in probs]
+    probs = softmax(logits)
+    return [{"label": label_names[b], "score": round(float(row[b]), 6),
+             "scores": {n: round(float(p), 6) for n, p in zip(label_names, row)}}
+            for b, row in zip(probs.argmax(-1), probs)]
+
+
+# ---------------------------------------------------------------- input texts
+
+
+def text_batches(texts: Sequence[str], input_file: str | None, size: int = 256) -> Iterator[list[str]]:
+    """Non-blank texts in batches of at most `size`: the arguments, or a file / stdin ('-') one text per line.
+
+    Lines are read as they arrive: a batch is handed on as soon as the input pauses, so an interactive or slow
+    stream gets its results line by line, and an endless one is processed in bounded memory.
+    """
+    if texts and input_file:
+        raise DataError("Give texts as arguments or with --input-file, not both.")
+    if input_file is None:
+        lines = [t for t in texts if t.strip()]
+        for start in range(0, len(lines), size):
+            yield lines[start:start + size]
+        return
+    if input_file == "-":
+        yield from _line_batches(sys.stdin.buffer.fileno(), "stdin", size)
+        return
+    path = Path(input_file).expanduser()
+    if not path.exists() or path.is_dir():  # not `is_file()`: a named pipe, e.g. <(command), is fine
+        found = "is a folder" if path.is_dir() else "does not exist"
+        raise DataError(f"Input file '{input_file}' {found}. Give a text file with one text per line, or '-' for "
+                        f"stdin.")
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        yield from _line_batches(fd, f"'{input_file}'", size)
+    finally:
+        os.close(fd)
+
+
+def _line_batches(fd: int, where: str, size: int) -> Iterator[list[str]]:
+    carry, offset, pending = b"", 0, []
+    while True:
+        chunk = os.read(fd, 1 << 16)  # what is there (a pipe returns as soon as anything arrived)
+        if not chunk:
+            break
+        lines = (carry + chunk).split(b"\n")
+        carry = lines.pop()
+        for line in lines:
+            pending.append(_decode_line(line, offset, where))
+            offset += len(line) + 1
+            if len(pending) == size:
+                yield [t for t in pending if t.strip()]
+                pending = []
+        if pending:
+            yield [t for t in pending if t.strip()]
+            pending = []
+    if carry:
+        yield [t for t in [_decode_line(carry, offset, where)] if t.strip()]
+
+
+def _decode_line(raw: bytes, offset: int, where: str) -> str:
+    try:
+        return raw.decode("utf-8").rstrip("\r").lstrip("\ufeff") if offset == 0 else raw.decode("utf-8").rstrip("\r")
+    except UnicodeDecodeError as e:
+        raise DataError(f"Input {where} is not UTF-8 text ({e.reason} at byte {offset + e.start}).") from None
