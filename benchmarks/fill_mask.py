@@ -133,7 +133,7 @@ def main() -> None:
     import torch
     from transformers import pipeline
 
-    import llmkit.fill_mask as fm
+    from llmkit import fillmask as fm
     from llmkit import modeling
 
     with tempfile.TemporaryDirectory(prefix="llmkit-bench-") as tmp:
@@ -172,7 +172,7 @@ def main() -> None:
     print(f"\nfill-mask benchmark: {shape['architecture']} {shape['layers']}x{shape['hidden_size']}, vocabulary "
           f"{shape['vocab_size']:,}, {shape['parameters'] / 1e6:.1f}M parameters; {n:,} sentences, top_k 5; "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads; medians of {repeats} interleaved runs. "
-          f"Indicative: the machine may be shared.\nauto precision here: {auto} ({auto_filler.precision_why})\n")
+          f"Indicative: the machine may be shared.\nauto precision here: {auto} ({auto_filler.why})\n")
     print(f"{'throughput (model loaded)':<40} {'sentences/s':>12} {'vs per-sentence':>16} {'same top-1':>11} "
           f"{'same top-5':>11} {'max |dscore|':>13}")
     for label, rate, top1, top5, worst in rows:
