@@ -63,6 +63,8 @@ def topic_examples(topics: tuple[str, ...], per_topic: int, seed: int) -> list[d
 
     A paragraph found under two packages is dropped (its label would be ambiguous); doctest paragraphs too.
     """
+    from llmkit import data
+
     stdlib = Path(sysconfig.get_paths()["stdlib"])
     found: dict[str, dict[str, None]] = {t: {} for t in topics}
     for path in sorted(stdlib.rglob("*.py")):
