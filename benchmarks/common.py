@@ -88,18 +88,44 @@ def log(message: str) -> None:
 
 
 def peak_matmul_flops(dtype_name: str, n: int = 2048, repeats: int = 8) -> float:
-    """Best FLOP/s of an n x n @ n x n torch.matmul on this machine (all torch threads): the peak to compare to."""
+    """Best FLOP/s of an n x n @ n x n torch.matmul here (the GPU if there is one, else all CPU threads)."""
     import torch
 
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda":
+        n = max(n, 8192)  # a GPU needs big matrices to reach its peak
     dtype = getattr(torch, dtype_name)
-    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    a, b = torch.randn(n, n, device=device).to(dtype), torch.randn(n, n, device=device).to(dtype)
     torch.matmul(a, b)
     best = float("inf")
     for _ in range(repeats):
+        if device == "cuda":
+            torch.cuda.synchronize()
         start = time.perf_counter()
         torch.matmul(a, b)
+        if device == "cuda":
+            torch.cuda.synchronize()
         best = min(best, time.perf_counter() - start)
     return 2 * n ** 3 / best
+
+
+# Dense bf16 / fp32 (TF32 for Ampere and later) tensor-core peaks from the vendors' data sheets, TFLOP/s.
+PUBLISHED_PEAK = {"H200": (989, 494), "H100 SXM": (989, 494), "H100 PCIe": (756, 378), "H100": (989, 494),
+                  "A100": (312, 156), "L40S": (362, 181), "A10": (125, 62), "L4": (121, 60), "V100": (125, 15.7),
+                  "T4": (65, 8.1)}
+
+
+def published_peak() -> dict[str, float] | None:
+    """The GPU's published dense peak {"bfloat16": FLOP/s, "float32": FLOP/s}, if it is a GPU we know."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    name = torch.cuda.get_device_name(0)
+    for key, (bf16, fp32) in PUBLISHED_PEAK.items():
+        if key in name:
+            return {"bfloat16": bf16 * 1e12, "float32": fp32 * 1e12, "name": name}
+    return None
 
 
 # ---------------------------------------------------------------- more real text

@@ -141,11 +141,12 @@ def main() -> None:
         texts = masked_sentences(n)
 
         # 1. throughput, model loaded once on each side
-        pipe = pipeline("fill-mask", model=model, device="cpu")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        pipe = pipeline("fill-mask", model=model, device=device)
         shape = modeling.describe(pipe.model)
-        auto_filler = fm.load(model, device="cpu", precision="auto")
+        auto_filler = fm.load(model, device=device, precision="auto")
         auto = auto_filler.precision
-        fillers = {precision: fm.load(model, device="cpu", precision=precision) for precision in ("fp32", "bf16")}
+        fillers = {precision: fm.load(model, device=device, precision=precision) for precision in ("fp32", "bf16")}
         for filler in fillers.values():
             fm.fill_mask(filler, texts[:args.batch_size], top_k=5)  # warm-up: first-call allocations
         jobs = {

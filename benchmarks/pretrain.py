@@ -322,9 +322,11 @@ def evaluate_fixed(model: Any, batches: list[dict[str, Any]]) -> dict[str, float
     import torch.nn.functional as F
 
     model = model.float().eval()
+    device = next(model.parameters()).device
     loss_sum, correct, count = 0.0, 0, 0
     with torch.inference_mode():
         for b in batches:
+            b = {k: v.to(device) for k, v in b.items()}
             logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
             where = b["labels"].ne(-100)
             loss_sum += F.cross_entropy(logits[where].float(), b["labels"][where], reduction="sum").item()
@@ -351,6 +353,7 @@ def summarise(runs: dict[str, Any], setup: dict[str, Any], peak: dict[str, float
               host: dict[str, Any], wall_s: float) -> dict[str, Any]:
     warm = setup["warmup"]
     tokens_per_step = BATCH * SEQ
+    reference = common.published_peak() or peak  # a GPU: its data-sheet peak; a CPU: the measured matmul peak
     hf_steps = runs["hf"]["step_s"][warm:]
     rows = []
     for name, r in runs.items():
@@ -368,7 +371,7 @@ def summarise(runs: dict[str, Any], setup: dict[str, Any], peak: dict[str, float
             "eval_loss": r["eval"]["loss"], "eval_accuracy": r["eval"]["accuracy"],
             "own_eval_loss": r["own_metrics"].get("eval_loss"), "matmul_dtype": r["matmul_dtype"],
             "flops_per_token": fpt, "achieved_flops": fpt * tps,
-            "mfu_bf16": fpt * tps / peak["bfloat16"], "mfu_fp32": fpt * tps / peak["float32"],
+            "mfu_bf16": fpt * tps / reference["bfloat16"], "mfu_fp32": fpt * tps / reference["float32"],
             "seed": variant_seed(name),
         })
     by_seed: dict[int, set] = {}
@@ -379,6 +382,7 @@ def summarise(runs: dict[str, Any], setup: dict[str, Any], peak: dict[str, float
             "wall_s": wall_s, "model": {"size": SIZE, "seq": SEQ, "batch": BATCH, **OPTIM},
             "data": {k: v for k, v in setup.items() if not k.endswith(("train", "eval", "tokenizer", "batches"))},
             "training_tokens_each": setup["steps"] * tokens_per_step, "peak_flops": peak,
+            "published_peak": common.published_peak(),
             "same_initial_weights_per_seed": same_init, "variants": rows}
 
 

@@ -345,6 +345,40 @@ def predict(
     guarded(go)
 
 
+@app.command(epilog="""Examples:
+
+  llmkit serve runs/mlm                         # http://127.0.0.1:8000/models/mlm
+
+  llmkit serve runs/mlm runs/clf --port 9000    # several models, one server
+
+  curl -s localhost:8000/models/mlm -d '{"inputs": "Paris is the [MASK] of France.", "parameters": {"top_k": 3}}'
+
+  curl -s localhost:8000/health""")
+def serve(
+    models: Annotated[list[str], typer.Argument(help="Masked-LM and/or classifier checkpoints to keep loaded.")],
+    host: Annotated[str, typer.Option("--host", help="Address to bind (0.0.0.0 to accept other machines).")] =
+        "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="TCP port (0: any free port, printed at start).")] = 8000,
+    device: Annotated[Optional[str], typer.Option("--device", help="cpu, cuda, cuda:1, ... (default: GPU if "
+                                                  "present).", show_default=False)] = None,
+    precision: Precision = None,
+    max_batch: Annotated[int, typer.Option("--max-batch", help="Texts per forward pass across concurrent "
+                                           "requests.")] = 64,
+    max_request_bytes: Annotated[int, typer.Option("--max-request-bytes", help="Largest request body accepted.")] =
+        1 << 20,
+) -> None:
+    """Keep models loaded and answer fill-mask / text-classification requests over HTTP (inference API shapes)."""
+    _quiet_libraries()
+
+    def go():
+        from llmkit import serve as command
+
+        command.main(models, host=host, port=port, device=device, precision=precision or "auto",
+                     max_batch=max_batch, max_request_bytes=max_request_bytes)
+
+    guarded(go)
+
+
 @recipes_app.command("ls")
 def recipes_ls() -> None:
     """List the shipped recipes with the command that runs each."""

@@ -6,6 +6,7 @@ checks every one against the installed versions, so an upgrade that moves them f
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import os
 from typing import Any
@@ -45,3 +46,56 @@ def metric_key_prefix(args: tuple, kwargs: dict[str, Any]) -> str:
     signature = inspect.signature(Trainer.evaluation_loop)
     bound = signature.bind_partial(None, *args, **kwargs)
     return bound.arguments.get("metric_key_prefix", signature.parameters["metric_key_prefix"].default)
+
+
+def keep_tied_head_in_root_fsdp_group(trainer: Any) -> None:
+    """Make an FSDP2 run of a masked LM prepare its model with the tied head in the root group.
+
+    accelerate's `fsdp2_prepare_model` puts [input embeddings, output embeddings] in an FSDP group of their own
+    when their weights are tied (accelerate/utils/fsdp_utils.py). A BERT/RoBERTa MLM head also registers the
+    decoder's bias on the head itself (`cls.predictions.bias`, `lm_head.bias`), so the root group would take the
+    same Parameter and the first forward fails ("Parameter ... is shared with a parameter already managed by
+    another FSDP group"). While `accelerator.prepare` runs, the model's embedding getters are hidden: the
+    embeddings and the whole head, with every tie, stay in the root group. Modules, parameters, state dict and
+    `save_pretrained` are unchanged."""
+    plugin = getattr(trainer.accelerator.state, "fsdp_plugin", None)
+    if not getattr(trainer, "is_fsdp_enabled", False) or getattr(plugin, "fsdp_version", 1) != 2:
+        return
+    prepare = trainer.accelerator.prepare
+
+    def prepare_with_tied_head(*objects: Any, **kwargs: Any) -> Any:
+        import torch
+
+        with contextlib.ExitStack() as stack:
+            for obj in objects:
+                if isinstance(obj, torch.nn.Module):
+                    stack.enter_context(tied_head_in_root_fsdp_group(obj))
+            return prepare(*objects, **kwargs)
+
+    trainer.accelerator.prepare = prepare_with_tied_head
+
+
+@contextlib.contextmanager
+def tied_head_in_root_fsdp_group(model: Any):
+    """See `keep_tied_head_in_root_fsdp_group`: hide the embedding getters of a model whose output embeddings
+    share a parameter with another module, while accelerate prepares it for FSDP2."""
+    if not head_shares_parameters(model):
+        yield
+        return
+    model.get_input_embeddings = model.get_output_embeddings = lambda: None
+    try:
+        yield
+    finally:
+        del model.get_input_embeddings, model.get_output_embeddings
+
+
+def head_shares_parameters(model: Any) -> bool:
+    """Whether a parameter of the output embeddings (the decoder's bias) is also registered on another module
+    than the input and output embeddings (the MLM head's own `bias`)."""
+    get_in, get_out = getattr(model, "get_input_embeddings", None), getattr(model, "get_output_embeddings", None)
+    inputs, outputs = (get_in() if get_in else None), (get_out() if get_out else None)
+    if outputs is None:
+        return False
+    shared = {id(p) for p in outputs.parameters()}
+    return any(id(p) in shared for module in model.modules() if module is not inputs and module is not outputs
+               for p in module.parameters(recurse=False))

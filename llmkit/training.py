@@ -196,6 +196,7 @@ class MLMTrainer(SeededTrainer):
         super().__init__(*args, **kwargs)
         self.masked_head = MaskedPositionsHead(self.model) if sparse_head else None
         self.model_accepts_loss_kwargs = True  # ask the Trainer for num_items_in_batch
+        hf_compat.keep_tied_head_in_root_fsdp_group(self)
 
     def _get_train_sampler(self, train_dataset=None):
         """Blocks in a keyed order per (data seed, epoch): O(1) memory, the same on every rank (data.KeyedShuffle)."""

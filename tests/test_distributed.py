@@ -296,3 +296,15 @@ def test_finetune_under_torchrun(clf_setup, tmp_path):
                *map(str, common), "-o", str(out), "--set", "training.per_device_train_batch_size=4"]
     result = subprocess.run(command, env=env, text=True, capture_output=True, timeout=600)
     check_two_process_finetune(result, out, reference, tmp_path)
+
+
+def test_more_processes_than_visible_gpus_is_refused():
+    """Two ranks on one GPU fail at NCCL's first barrier ("Duplicate GPU detected"): refused before launching.
+    CPU runs (no GPU visible) may use any number of processes."""
+    from llmkit.environment import check_processes
+    from llmkit.errors import ConfigError
+
+    check_processes(8, gpus=0)
+    check_processes(2, gpus=2)
+    with pytest.raises(ConfigError, match="more processes than the 1 visible GPU.*--num-processes 1"):
+        check_processes(2, gpus=1)

@@ -19,11 +19,14 @@ TEXTS = ["alpha", "beta gamma delta epsilon zeta eta theta iota kappa", "mu nu",
 
 @pytest.fixture(scope="module")
 def tiny_classifier(tmp_path_factory, tiny_mlm):
+    return make_classifier(tmp_path_factory.mktemp("tiny-clf"), tiny_mlm)
+
+
+def make_classifier(folder, tiny_mlm):
     """A real (untrained) BertForSequenceClassification with label names, saved like a finetune run."""
     import torch
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
-    folder = tmp_path_factory.mktemp("tiny-clf")
     tokenizer = AutoTokenizer.from_pretrained(tiny_mlm)
     torch.manual_seed(0)
     config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
