@@ -236,8 +236,29 @@ def run_ring(targets: list[tuple[str, Callable[..., None], tuple]], timeout_s: f
 
 
 def in_fresh_process(fn: Callable[..., Any], *args: Any) -> Any:
-    """fn(*args) in a new spawned process (nothing imported or cached in memory beforehand); returns its result."""
+    """fn(*args) in a new spawned process (nothing imported or cached in memory beforehand); returns its result.
+
+    A plain (non-daemonic) process, so that fn may start processes of its own (llmkit's tokenizing workers)."""
     import multiprocessing as mp
 
-    with mp.get_context("spawn").Pool(1) as pool:
-        return pool.apply(fn, args)
+    ctx = mp.get_context("spawn")
+    receive, send = ctx.Pipe(duplex=False)
+    process = ctx.Process(target=_send_result, args=(send, fn, args))
+    process.start()
+    send.close()
+    try:
+        ok, value = receive.recv()
+    except EOFError:
+        ok, value = False, f"the process died (exit code {process.join() or process.exitcode})"
+    process.join()
+    if not ok:
+        raise RuntimeError(f"{getattr(fn, '__name__', fn)} failed in its process: {value}")
+    return value
+
+
+def _send_result(connection: Any, fn: Callable[..., Any], args: tuple) -> None:
+    try:
+        connection.send((True, fn(*args)))
+    except BaseException as e:  # noqa: BLE001 - reported to the parent, then re-raised here
+        connection.send((False, f"{type(e).__name__}: {e}"))
+        raise

@@ -45,7 +45,7 @@ def build_mini_model(folder: Path) -> Path:
 
     tokenizer = modeling.train_tokenizer(data.builtin_corpus(), vocab_size=16000, lowercase=True)
     torch.manual_seed(0)
-    model = modeling.build_mlm("mini", tokenizer, max_seq_length=128)
+    model = modeling.build_mlm("bert", "mini", tokenizer, max_seq_length=128)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder

@@ -163,6 +163,8 @@ def prepare(
 
   llmkit pretrain cpu-quick --data corpus.txt -o runs/mlm
 
+  llmkit pretrain modernbert-cpu --data corpus.txt      # a ModernBERT from scratch (or --arch modernbert)
+
   llmkit pretrain --model bert-base-uncased --data domain/ --max-steps 2000   # continued pretraining
 
   llmkit pretrain runs/mlm/llmkit.yaml              # rerun a finished run's exact config
@@ -179,8 +181,11 @@ def pretrain(
                                                  "name). Default: a new BERT of --size.", show_default=False)] = None,
     tokenizer: Annotated[Optional[str], typer.Option("--tokenizer", help="Tokenizer path or name. Default: the "
                                                      "model's, or one trained on the corpus.", show_default=False)] = None,
+    arch: Annotated[Optional[str], typer.Option("--arch", help="From scratch: bert (default) | modernbert | roberta | "
+                                                "deberta-v2 | distilbert.", show_default=False)] = None,
     size: Annotated[Optional[str], typer.Option("--size", help="tiny 2x128 | mini 4x256 | small 4x512 | medium "
-                                                "8x512 | base 12x768 (layers x hidden).", show_default=False)] = None,
+                                                "8x512 | base (BERT 12x768, ModernBERT 22x768) | large (layers x "
+                                                "hidden).", show_default=False)] = None,
     output_dir: OutputDir = None,
     max_steps: MaxSteps = None,
     epochs: Epochs = None,
@@ -199,7 +204,7 @@ def pretrain(
         from llmkit import config, pretrain as recipe_module
 
         flags = {"data.train": data, "data.eval": eval_data, "model.name": model, "model.tokenizer": tokenizer,
-                 "model.size": size, "output_dir": output_dir, "training.max_steps": max_steps,
+                 "model.arch": arch, "model.size": size, "output_dir": output_dir, "training.max_steps": max_steps,
                  "training.num_train_epochs": epochs, "data.max_seq_length": max_seq_length, "precision": precision}
         cfg = config.build("pretrain", recipe, flags, set_)
         _launch(num_processes)  # after the config is valid: bad settings exit 2 before any launch

@@ -24,13 +24,19 @@ from llmkit.errors import ConfigError, did_you_mean
 
 RECIPES_DIR = Path(__file__).parent / "recipes"  # also at the repository root as recipes/
 
-SIZES = {  # name: (layers, hidden) -- the published BERT miniatures; heads = hidden/64, FFN = 4*hidden
-    "tiny": (2, 128),
-    "mini": (4, 256),
-    "small": (4, 512),
-    "medium": (8, 512),
-    "base": (12, 768),
+# Size presets per architecture: (layers, hidden, FFN width); heads = hidden / 64.
+_BERT_SHAPES = {"tiny": (2, 128, 512), "mini": (4, 256, 1024), "small": (4, 512, 2048), "medium": (8, 512, 2048),
+                "base": (12, 768, 3072), "large": (24, 1024, 4096)}  # the published BERT miniatures, base, large
+ARCHS: dict[str, dict[str, tuple[int, int, int]]] = {
+    "bert": _BERT_SHAPES,
+    "roberta": _BERT_SHAPES,  # RoBERTa-base/large have BERT's shapes
+    "deberta-v2": _BERT_SHAPES,  # DeBERTa-v3-base/large too
+    "distilbert": {k: _BERT_SHAPES[k] for k in ("tiny", "mini", "small")} | {"base": (6, 768, 3072)},
+    # ModernBERT-base 22 x 768 (GeGLU FFN 1,152), -large 28 x 1,024 (2,624); smaller ones keep its FFN ratio 1.5
+    "modernbert": {"tiny": (2, 128, 192), "mini": (4, 256, 384), "small": (4, 512, 768), "medium": (8, 512, 768),
+                   "base": (22, 768, 1152), "large": (28, 1024, 2624)},
 }
+SIZES = {name: shape[:2] for name, shape in _BERT_SHAPES.items()}  # BERT's (layers, hidden)
 
 
 @dataclass
@@ -75,16 +81,27 @@ class DataConfig:
 class ModelConfig:
     name: str | None = None  # checkpoint to start from (local path or hub name); None: from scratch
     tokenizer: str | None = None  # None: the model's, or one trained on the corpus when from scratch
-    size: Literal["tiny", "mini", "small", "medium", "base"] = "mini"
+    arch: str = "bert"  # from scratch: the model family (ARCHS); a checkpoint keeps its own
+    size: str = "mini"  # from scratch: a preset of the family (ARCHS[arch])
     vocab_size: int = 16000  # for a tokenizer trained on the corpus
     lowercase: bool = True
     trust_remote_code: bool = False
     attn_implementation: str = "auto"  # auto: eager when training on a CPU (faster there), sdpa elsewhere
     dropout: float | None = None  # every dropout probability of the model; None: the checkpoint's (presets: 0.1)
-    config_overrides: str | None = None  # from scratch: "key=value,..." applied to the preset's BertConfig
+    config_overrides: str | None = None  # from scratch: "key=value,..." applied to the preset's config
 
     def problems(self) -> list[str]:
         out = []
+        if self.arch not in ARCHS:
+            hint = did_you_mean(self.arch, ARCHS).strip()
+            out.append(f"model.arch (--arch) must be one of {', '.join(ARCHS)}, got '{self.arch}'"
+                       + (f" ({hint[0].lower()}{hint[1:]})" if hint else ""))
+        elif self.size not in ARCHS[self.arch]:
+            out.append(f"model.size (--size) '{self.size}' is not a preset of {self.arch}; its presets are "
+                       f"{', '.join(f'{k} {l}x{h}' for k, (l, h, _) in ARCHS[self.arch].items())}")
+        if self.name and self.arch != "bert":
+            out.append(f"--arch {self.arch} is for a model built from scratch; --model '{self.name}' keeps its own "
+                       f"family (drop --arch)")
         if not 100 <= self.vocab_size <= 1_000_000:
             out.append(f"model.vocab_size must be between 100 and 1000000, got {self.vocab_size}")
         if self.dropout is not None and not 0.0 <= self.dropout < 1.0:

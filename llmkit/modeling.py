@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from llmkit.config import SIZES
+from llmkit.config import ARCHS
 from llmkit.errors import ConfigError, ModelError
 
 
@@ -71,23 +71,36 @@ def train_tokenizer(texts: Sequence[str], vocab_size: int, lowercase: bool) -> A
     return base.train_new_from_iterator(texts, vocab_size=vocab_size, show_progress=False)
 
 
-def size_config(size: str, tokenizer: Any, max_seq_length: int) -> Any:
-    from transformers import BertConfig
+def arch_config(arch: str, size: str, tokenizer: Any, max_seq_length: int) -> Any:
+    """The config of a new masked LM of family `arch` and preset `size` (config.ARCHS), sized to the tokenizer,
+    with the tokenizer's special token ids (a family's defaults, e.g. ModernBERT's 50,281-50,283, would point
+    past a small vocabulary)."""
+    from transformers import AutoConfig
 
-    layers, hidden = SIZES[size]
-    return BertConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=max(1, hidden // 64),
-        intermediate_size=4 * hidden,
-        max_position_embeddings=max(512, max_seq_length),
-        pad_token_id=tokenizer.pad_token_id,
-    )
+    layers, hidden, ffn = ARCHS[arch][size]
+    heads = max(1, hidden // 64)
+    pad, cls, sep = tokenizer.pad_token_id, tokenizer.cls_token_id, tokenizer.sep_token_id
+    common = dict(vocab_size=len(tokenizer), pad_token_id=pad)
+    if arch == "distilbert":
+        return AutoConfig.for_model(arch, dim=hidden, n_layers=layers, n_heads=heads, hidden_dim=ffn,
+                                    max_position_embeddings=max(512, max_seq_length), **common)
+    shape = dict(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads, intermediate_size=ffn)
+    if arch == "modernbert":  # rotary positions: no table to size; every third layer attends globally
+        return AutoConfig.for_model(arch, **shape, **common, max_position_embeddings=max(8192, max_seq_length),
+                                    bos_token_id=cls, cls_token_id=cls, eos_token_id=sep, sep_token_id=sep)
+    if arch == "roberta":  # positions start after the padding index
+        return AutoConfig.for_model(arch, **shape, **common, max_position_embeddings=max(512, max_seq_length) + pad + 1,
+                                    bos_token_id=cls, eos_token_id=sep, type_vocab_size=1)
+    if arch == "deberta-v2":  # DeBERTa-v3's attention: relative positions, no absolute position input
+        return AutoConfig.for_model(arch, **shape, **common, max_position_embeddings=max(512, max_seq_length),
+                                    relative_attention=True, position_buckets=256, pos_att_type=["p2c", "c2p"],
+                                    position_biased_input=False, norm_rel_ebd="layer_norm", share_att_key=True,
+                                    type_vocab_size=0)
+    return AutoConfig.for_model(arch, **shape, **common, max_position_embeddings=max(512, max_seq_length))
 
 
 DROPOUT_KEYS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout", "attention_dropout",
-                "hidden_dropout", "classifier_dropout")
+                "hidden_dropout", "classifier_dropout", "embedding_dropout", "mlp_dropout")
 
 
 def set_dropout(config: Any, dropout: float | None) -> Any:
@@ -100,17 +113,22 @@ def set_dropout(config: Any, dropout: float | None) -> Any:
     return config
 
 
-def build_mlm(size: str, tokenizer: Any, max_seq_length: int, attn_implementation: str = "sdpa",
+def build_mlm(arch: str, size: str, tokenizer: Any, max_seq_length: int, attn_implementation: str = "sdpa",
               dropout: float | None = None, config_overrides: str | None = None) -> Any:
+    """A new masked LM of family `arch` and preset `size`; `config_overrides` in run_mlm.py's format."""
     from transformers import AutoModelForMaskedLM
 
-    config = set_dropout(size_config(size, tokenizer, max_seq_length), dropout)
+    config = set_dropout(arch_config(arch, size, tokenizer, max_seq_length), dropout)
     if config_overrides:
         try:  # the format of run_mlm.py's --config_overrides
             config.update_from_string(config_overrides)
         except ValueError as e:
             raise ConfigError(f"model.config_overrides='{config_overrides}' could not be applied ({e}). Expected "
-                              f"'key=value,...' with BertConfig keys, e.g. 'initializer_range=0.05'.") from None
+                              f"'key=value,...' with {type(config).__name__} keys, e.g. "
+                              f"'initializer_range=0.05'.") from None
+        layer_types = getattr(config, "layer_types", None)
+        if layer_types is not None and len(layer_types) != config.num_hidden_layers:  # derived at init (ModernBERT)
+            config = type(config)(**{**config.to_dict(), "layer_types": None})
     return AutoModelForMaskedLM.from_config(config, attn_implementation=attn_implementation)
 
 
@@ -200,12 +218,20 @@ def max_positions(config: Any) -> int | None:
 # ---------------------------------------------------------------- attention
 
 
-def resolve_attention(requested: str, device_type: str) -> str:
+def resolve_attention(requested: str, device_type: str, arch: str | None = None) -> str:
     """`auto`: eager attention for CPU training, where it beats SDPA's CPU kernels for BERT-sized heads and
-    short sequences (benchmarks/pretrain.py, variant llmkit-sdpa); SDPA everywhere else. Other values as given."""
+    short sequences (benchmarks/pretrain.py, variant llmkit-sdpa); on a CUDA GPU, FlashAttention-2 for ModernBERT
+    when the flash-attn package is installed (it then also unpads: no compute on padding), else SDPA.
+    Other values as given."""
     if requested != "auto":
         return requested
-    return "eager" if device_type == "cpu" else "sdpa"
+    if device_type == "cpu":
+        return "eager"
+    import importlib.util
+
+    if device_type == "cuda" and arch == "modernbert" and importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2"
+    return "sdpa"
 
 
 def describe(model: Any) -> dict[str, Any]:
@@ -224,7 +250,8 @@ def describe(model: Any) -> dict[str, Any]:
 
 # Attributes that hold the per-token prediction head of common masked-LM classes (BERT, RoBERTa, ALBERT,
 # DistilBERT); gathering their input at masked positions is exact because these heads act per token.
-MLM_HEAD_ATTRIBUTES = ("cls", "lm_head", "predictions", "vocab_transform")
+MLM_HEAD_ATTRIBUTES = ("cls", "lm_head", "predictions", "vocab_transform", "head")  # "head": ModernBERT's,
+# before its decoder: gathering the head's input gathers the decoder's too
 
 
 class MaskedPositionsHead:

@@ -42,7 +42,8 @@ def run(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> dict[s
     precision, why = devices.precision(cfg.precision)
     args = training.training_arguments(cfg, run_dir.checkpoints, precision,
                                        remove_unused_columns=False)  # keep "index": it keys the masks
-    attention = modeling.resolve_attention(cfg.model.attn_implementation, args.device.type)
+    attention = modeling.resolve_attention(cfg.model.attn_implementation, args.device.type,
+                                           None if cfg.model.name else cfg.model.arch)
     log(f"precision: {precision} ({why}); attention: {attention}")
 
     # 3. tokenizer and data: tokenized once into memory-mapped shards, every rank taking a share
@@ -82,7 +83,7 @@ def mlm_model(cfg: RunConfig, tokenizer: Any, attention: str) -> Any:
             log(note)
         modeling.check_vocab(model, tokenizer, cfg.model.name, cfg.model.tokenizer or cfg.model.name)
     else:
-        model = modeling.build_mlm(cfg.model.size, tokenizer, cfg.data.max_seq_length, attention,
+        model = modeling.build_mlm(cfg.model.arch, cfg.model.size, tokenizer, cfg.data.max_seq_length, attention,
                                    cfg.model.dropout, cfg.model.config_overrides)
     shape = modeling.describe(model)
     log(f"model: {shape['architecture']} {shape['layers']}x{shape['hidden_size']}, {shape['parameters'] / 1e6:.1f}M "
@@ -220,7 +221,7 @@ def save(run_dir: outputs.RunDir, trainer: Any, tokenizer: Any, cfg: RunConfig, 
     outputs.write_final(run_dir, staging, trainer, cfg, metrics, "Masked-LM pretraining", card=dict(
         title=f"{Path(cfg.output_dir).name}: masked-LM pretraining",
         summary=(f"A {shape['architecture']} pretrained with masked language modelling by `llmkit pretrain` "
-                 f"({'continued from `' + cfg.model.name + '`' if cfg.model.name else 'from scratch, size ' + cfg.model.size}). "
+                 f"({'continued from `' + cfg.model.name + '`' if cfg.model.name else f'from scratch, {cfg.model.arch} {cfg.model.size}'}). "
                  f"Evaluation perplexity {metrics['perplexity']:.2f}, masked-token accuracy "
                  f"{(metrics['masked_accuracy'] or 0):.3f}."),
         data=(f"{source}; {metrics['corpus_tokens']:,} training tokens in blocks of {cfg.data.max_seq_length}; "

@@ -278,6 +278,12 @@ class LogCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         self.start, self.start_step = time.perf_counter(), state.global_step
 
+    def on_step_end(self, args, state, control, **kwargs):
+        # The Trainer adds the loss accumulated since the last log to train_loss without gathering it across
+        # processes: logging the last step makes train_loss the all-process mean in every run.
+        if state.global_step >= state.max_steps:
+            control.should_log = True
+
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero or not logs:
             return

@@ -50,7 +50,7 @@ def test_unknown_training_key_suggests_trainingarguments_field():
     ("mlm.probability=0", r"mlm\.probability must be in \(0, 1\)"),
     ("training.learning_rate=-1e-4", r"training\.learning_rate must be > 0"),
     ("data.max_seq_length=abc", r"'data\.max_seq_length' must be an integer, got 'abc'"),
-    ("model.size=huge", r"'model\.size' must be one of 'tiny' \| 'mini'"),
+    ("model.size=huge", r"'huge' is not a preset of bert; its presets are tiny 2x128, mini 4x256"),
     ("data.packing=maybe", r"'data\.packing' must be true or false"),
     ("precision=fp8", r"'precision' must be one of"),
     ("model.dropout=1", r"model\.dropout must be in \[0, 1\), got 1"),
@@ -153,12 +153,12 @@ def test_dropout_and_config_overrides_reach_the_model():
     from tests.conftest import toy_corpus
 
     tokenizer = modeling.train_tokenizer(toy_corpus(50), vocab_size=150, lowercase=True)
-    model = modeling.build_mlm("tiny", tokenizer, 64, dropout=0.0, config_overrides="initializer_range=0.05")
+    model = modeling.build_mlm("bert", "tiny", tokenizer, 64, dropout=0.0, config_overrides="initializer_range=0.05")
     assert model.config.hidden_dropout_prob == 0.0 and model.config.attention_probs_dropout_prob == 0.0
     assert model.config.initializer_range == 0.05
     assert abs(float(model.bert.encoder.layer[0].attention.self.query.weight.detach().std()) - 0.05) < 0.005
     with pytest.raises(Error, match=r"key nope isn't in the original config dict.*initializer_range=0\.05"):
-        modeling.build_mlm("tiny", tokenizer, 64, config_overrides="nope=1")
+        modeling.build_mlm("bert", "tiny", tokenizer, 64, config_overrides="nope=1")
     checkpoint = BertConfig(hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1, classifier_dropout=None)
     modeling.set_dropout(checkpoint, 0.3)
     assert checkpoint.hidden_dropout_prob == 0.3 and checkpoint.attention_probs_dropout_prob == 0.3
