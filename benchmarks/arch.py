@@ -37,7 +37,7 @@ SEQ, BATCH, VOCAB = 128, 32, 8000
 FAMILIES = {
     "bert-mini": ("cpu-context", ["model.size=mini", "model.dropout=0.0"]),
     # BERT with ModernBERT's recipe: separates what the architecture does from what the recipe does
-    "bert-mini, modernbert recipe": ("modernbert-cpu", ["model.arch=bert", "model.size=mini",
+    "bert-mini, modernbert recipe": ("modernbert-cpu", ["model.arch=bert", "model.size=mini", "model.dropout=0.0",
                                                          "model.config_overrides=initializer_range=0.05"]),
     "modernbert-6x256": ("modernbert-cpu", ["model.size=mini", "model.config_overrides=num_hidden_layers=6"]),
 }
