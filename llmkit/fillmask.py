@@ -57,6 +57,7 @@ from __future__ import annotations
 import json
 import re
 import sys
+import weakref
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -281,8 +282,7 @@ def encode(tokenizer: Any, texts: Sequence[str], window: int) -> list[Encoded]:
     spans = [[m.span() for m in pattern.finditer(text)] for text in texts]
     normalised = [pattern.sub(lambda _: tokenizer.mask_token, text) for text in texts]
     with_types = "token_type_ids" in tokenizer.model_input_names
-    batch = tokenizer(normalised, add_special_tokens=True, truncation=False, return_attention_mask=False,
-                      return_token_type_ids=with_types, return_special_tokens_mask=True, verbose=False)
+    batch = _tokenize(tokenizer, normalised)
     mask_id = tokenizer.mask_token_id
     out, missing = [], []
     for i, ids in enumerate(batch["input_ids"]):
@@ -304,6 +304,30 @@ def encode(tokenizer: Any, texts: Sequence[str], window: int) -> list[Encoded]:
                         f"{tokenizer.mask_token} ({shown}{more}). Mark the words to predict with "
                         f"{tokenizer.mask_token} (or [MASK] / <mask>).")
     return out
+
+
+_BACKENDS: "weakref.WeakKeyDictionary[Any, Any]" = weakref.WeakKeyDictionary()
+
+
+def _tokenize(tokenizer: Any, texts: list[str]) -> dict[str, list[list[int]]]:
+    """input_ids, token_type_ids and special_tokens_mask of each text, with special tokens, untruncated.
+
+    A fast tokenizer's Rust pipeline is called directly (on a private copy without truncation or padding): the
+    same encodings as `tokenizer(...)`, without the per-text Python conversion into a BatchEncoding."""
+    if not getattr(tokenizer, "is_fast", False):
+        return tokenizer(texts, add_special_tokens=True, truncation=False, return_attention_mask=False,
+                         return_token_type_ids=True, return_special_tokens_mask=True, verbose=False)
+    backend = _BACKENDS.get(tokenizer)
+    if backend is None:
+        from tokenizers import Tokenizer
+
+        backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+        backend.no_truncation()
+        backend.no_padding()
+        _BACKENDS[tokenizer] = backend
+    encodings = backend.encode_batch(texts, add_special_tokens=True)
+    return {"input_ids": [e.ids for e in encodings], "token_type_ids": [e.type_ids for e in encodings],
+            "special_tokens_mask": [e.special_tokens_mask for e in encodings]}
 
 
 def _crop(ids: list[int], types: list[int] | None, special: list[int], masks: list[int], window: int, text: str,
@@ -417,33 +441,41 @@ def _records(batch: list[Encoded], scores: list[list[float]], choices: list[list
              best: list[tuple[list[int], float]], tokenizer: Any) -> list[dict[str, Any]]:
     """The result records of a batch (schema in the module docstring; spans and "filled" come later)."""
     special = set(tokenizer.all_special_ids)
-    token_text: dict[int, str] = {}
-
-    def text(token: int) -> str:
-        if token not in token_text:
-            token_text[token] = tokenizer.decode([token])
-        return token_text[token]
-
+    tokens = sorted({t for row in choices for t in row} | {t for ids, _ in best for t in ids})
+    text = dict(zip(tokens, decode(tokenizer, [[t] for t in tokens])))  # as the pipeline decodes token_str
     results, sequences, flat = [], [], 0  # `flat`: the row of `scores` for the current mask
     for row, e in enumerate(batch):
         masks = []
         for position in e.masks:
-            candidates = [{"token": text(token), "token_id": token, "score": score, "sequence": None}
+            candidates = [{"token": text[token], "token_id": token, "score": score, "sequence": None}
                           for score, token in zip(scores[flat], choices[flat])]
             sequences += [_filled(e.ids, {position: c["token_id"]}, e.masks, special) for c in candidates]
             masks.append({"position": position, "start": None, "end": None, "candidates": candidates})
             flat += 1
-        tokens, score = best[row]
-        sequences.append(_filled(e.ids, dict(zip(e.masks, tokens)), e.masks, special))
-        results.append({"masks": masks, "best": {"tokens": [text(t) for t in tokens], "token_ids": list(tokens),
+        ids, score = best[row]
+        sequences.append(_filled(e.ids, dict(zip(e.masks, ids)), e.masks, special))
+        results.append({"masks": masks, "best": {"tokens": [text[t] for t in ids], "token_ids": list(ids),
                                                  "score": score, "sequence": None}})
-    decoded = iter(tokenizer.batch_decode(sequences, skip_special_tokens=False))
+    decoded = iter(decode(tokenizer, sequences))
     for result in results:
         for mask in result["masks"]:
             for candidate in mask["candidates"]:
                 candidate["sequence"] = next(decoded)
         result["best"]["sequence"] = next(decoded)
     return results
+
+
+def decode(tokenizer: Any, sequences: list[list[int]]) -> list[str]:
+    """`tokenizer.batch_decode(sequences)`, for a fast tokenizer straight through its Rust decoder (the per-id
+    Python checks of batch_decode cost more than the decoding), then its clean-up as `decode` applies it."""
+    if not getattr(tokenizer, "is_fast", False):
+        return tokenizer.batch_decode(sequences, skip_special_tokens=False)
+    texts = tokenizer.backend_tokenizer.decode_batch(sequences, skip_special_tokens=False)
+    bpe = type(tokenizer.backend_tokenizer.model).__name__ == "BPE"
+    if tokenizer.clean_up_tokenization_spaces and (not bpe or getattr(
+            tokenizer, "clean_up_tokenization_spaces_for_bpe_even_though_it_will_corrupt_output", False)):
+        texts = [tokenizer.clean_up_tokenization(t) for t in texts]
+    return texts
 
 
 def _filled(ids: list[int], fills: dict[int, int], masks: list[int], special: set[int]) -> list[int]:
