@@ -88,6 +88,7 @@ class ModelConfig:
     trust_remote_code: bool = False
     attn_implementation: str = "auto"  # auto: eager when training on a CPU (faster there), sdpa elsewhere
     dropout: float | None = None  # every dropout probability of the model; None: the checkpoint's (presets: 0.1)
+    cheap_dropout: bool = True  # training on a CPU: dropout masks from 15 random bits per element (llmkit.dropout)
     config_overrides: str | None = None  # from scratch: "key=value,..." applied to the preset's config
 
     def problems(self) -> list[str]:

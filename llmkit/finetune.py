@@ -174,7 +174,8 @@ def make_trainer(cfg: RunConfig, args: Any, model: Any, tokenizer: Any, train_fe
                                                     else None)
     trainer = training.SeededTrainer(
         model=model, args=args, data_collator=collator, train_dataset=train_features, eval_dataset=eval_features,
-        processing_class=tokenizer, compute_metrics=metrics.for_trainer(problem, names), callbacks=callbacks)
+        processing_class=tokenizer, compute_metrics=metrics.for_trainer(problem, names), callbacks=callbacks,
+        cheap_dropout=cfg.model.cheap_dropout)
     trainer.remove_callback(transformers.trainer_callback.PrinterCallback)
     # Classification heads take **kwargs but ignore num_items_in_batch and return a per-batch mean; told
     # otherwise, the Trainer would scale that mean by the process count and skip the accumulation division.

@@ -117,7 +117,21 @@ class SeededTrainer(Trainer):
     agree: here the order is seeded per epoch and grouped per optimizer step (per-device batch x processes x
     accumulation). Shards stay disjoint in every epoch, a resumed run sees the order of an uninterrupted one,
     and N processes see the examples of each step that 1 process with the same effective batch sees.
+
+    Training steps on a CPU draw dropout masks with `llmkit.dropout.CheapDropout` unless `cheap_dropout=False`.
     """
+
+    def __init__(self, *args: Any, cheap_dropout: bool = True, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.cheap_dropout = cheap_dropout and self.args.device.type == "cpu" and not self.args.torch_compile
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        if not self.cheap_dropout:
+            return super().training_step(model, inputs, num_items_in_batch)
+        from llmkit.dropout import CheapDropout
+
+        with CheapDropout():
+            return super().training_step(model, inputs, num_items_in_batch)
 
     def _get_train_sampler(self, train_dataset=None):
         sampler = super()._get_train_sampler(train_dataset)
