@@ -223,6 +223,7 @@ class Handler(BaseHTTPRequestHandler):
 
 class Server(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = 1024  # the listen backlog (socketserver's default, 5, resets a burst of connections)
 
     def __init__(self, address: tuple[str, int], workers: dict[str, ModelWorker], max_request_bytes: int):
         super().__init__(address, Handler)

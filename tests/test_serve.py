@@ -92,6 +92,24 @@ def test_concurrent_clients_get_their_own_answers(server):
         assert [c["score"] for c in results[i]] == pytest.approx([c["score"] for c in expected], abs=1e-5)
 
 
+def test_a_burst_of_connections_is_answered(server):
+    url, _, mlm, _ = server
+    clients = 64
+    start = threading.Barrier(clients)
+    statuses: list[int] = []
+
+    def client() -> None:
+        start.wait()  # every client connects at once
+        statuses.append(post(f"{url}/models/{mlm}", {"inputs": "alpha [MASK] delta"})[0])
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert statuses == [200] * clients
+
+
 @pytest.mark.parametrize("path, payload, raw, status, phrase", [
     ("/models/{mlm}", None, b"{not json", 400, "not JSON"),
     ("/models/{mlm}", {"text": "x"}, None, 400, '"inputs"'),
