@@ -165,7 +165,9 @@ class EpochLengthGroupedSampler(torch.utils.data.Sampler):
 
 
 def mlm_logits(model: torch.nn.Module, inputs: dict[str, torch.Tensor], head: MaskedPositionsHead | None):
-    """(logits at labelled positions [M, V], their labels [M], their flat positions [M]).
+    """(logits at the masked index [M, V], their labels [M], their flat positions [M]).
+
+    The index holds the labelled positions, maybe padded with unlabelled ones (label -100: no loss, no metric).
 
     The positions come from the collator (`masked_index`, computed on the CPU) when it provides them, so nothing
     here waits for the accelerator to say how many there are; otherwise they are found from the labels."""
@@ -224,7 +226,7 @@ class MLMTrainer(SeededTrainer):
         logits, labels, _ = mlm_logits(model, inputs, self.masked_head)
         loss = F.cross_entropy(logits.float(), labels, reduction="sum")
         if num_items_in_batch is None:
-            loss = loss / labels.numel() if labels.numel() else loss
+            loss = loss / labels.ne(-100).sum().clamp(min=1)
         else:
             # No masked token in the whole step (tiny batches, low mlm.probability): the loss is 0, not 0/0 = NaN.
             loss = loss / (num_items_in_batch.clamp(min=1) if torch.is_tensor(num_items_in_batch)
@@ -237,15 +239,16 @@ class MLMTrainer(SeededTrainer):
         inputs = self._prepare_inputs(inputs)
         with torch.no_grad(), self.compute_loss_context_manager():
             logits, labels, index = mlm_logits(model, inputs, self.masked_head)
-            token_loss = F.cross_entropy(logits.float(), labels, reduction="none")
+            token_loss = F.cross_entropy(logits.float(), labels, reduction="none")  # 0 where labels are -100
+            labelled = labels.ne(-100).float()  # the masked index may be padded with unlabelled positions
             correct = logits.argmax(-1).eq(labels).float()
         batch, width = inputs["input_ids"].shape
         rows = torch.div(index, width, rounding_mode="floor")
         stats = torch.zeros(batch, 3, dtype=torch.float32, device=token_loss.device)
         stats[:, 0].index_add_(0, rows, token_loss)
         stats[:, 1].index_add_(0, rows, correct)
-        stats[:, 2].index_add_(0, rows, torch.ones_like(correct))
-        mean = token_loss.mean() if token_loss.numel() else token_loss.sum()
+        stats[:, 2].index_add_(0, rows, labelled)
+        mean = token_loss.sum() / labelled.sum().clamp(min=1)
         return mean.detach(), stats, stats
 
     def evaluation_loop(self, *args, **kwargs):

@@ -99,6 +99,38 @@ def test_sparse_head_gives_hf_loss_logits_and_gradients(tmp_path):
     assert trainer.masked_head.positions is None  # nothing left armed for the next caller
 
 
+def test_masked_index_padded_to_a_few_shapes_changes_no_loss_gradient_or_metric(tmp_path):
+    import numpy as np
+
+    from llmkit.masking import INDEX_MULTIPLE, masked_index
+
+    batch = premasked_batch([3, 1, 5, 2, 4, 2])
+    labels = batch["labels"].numpy()
+    exact = np.flatnonzero(labels.ravel() != -100)
+    padded = masked_index(labels)
+    assert len(padded) % INDEX_MULTIPLE == 0 and len(padded) > len(exact)
+    assert np.array_equal(padded[:len(exact)], exact) and (labels.ravel()[padded[len(exact):]] == -100).all()
+    assert np.array_equal(masked_index(np.arange(6).reshape(2, 3)), np.arange(6))  # all labelled: left as is
+
+    model = tiny_bert()
+    trainer = training.MLMTrainer(model=model, args=args(tmp_path))
+    results = []
+    for index in (exact, padded):
+        model.zero_grad()
+        loss = trainer.compute_loss(model, {**batch, "masked_index": torch.from_numpy(index)})
+        loss.backward()
+        model.eval()
+        _, stats, _ = trainer.prediction_step(model, {**batch, "masked_index": torch.from_numpy(index)}, False)
+        model.train()
+        results.append((loss.item(), grads(model), stats))
+    (loss_a, grads_a, stats_a), (loss_b, grads_b, stats_b) = results
+    assert abs(loss_a - loss_b) <= 1e-6
+    for name in grads_a:
+        torch.testing.assert_close(grads_b[name], grads_a[name], rtol=1e-5, atol=1e-7, msg=name)
+    torch.testing.assert_close(stats_b, stats_a)
+    assert stats_b[:, 2].tolist() == batch["labels"].ne(-100).sum(1).float().tolist()  # padding not counted
+
+
 def test_loss_normalised_by_num_items_in_batch_is_the_accumulated_token_mean(tmp_path):
     batch = premasked_batch([3, 1, 5, 2])
     model = tiny_bert()
