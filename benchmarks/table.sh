@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The README's benchmark table: every row's command, one after another, on one machine in one state.
 #
-#   bash benchmarks/table.sh [WORK_DIR]      # ~45 min on 2 cores; nothing else should run meanwhile
+#   bash benchmarks/table.sh [WORK_DIR]      # ~25 min on 2 cores; nothing else should run meanwhile
 #
 # Each benchmark prints its table and writes JSON to benchmarks/results/. This script adds the machine's load
 # average before each step (the figures are comparable only when it stays below the core count), and the wall
@@ -16,9 +16,10 @@ step() { echo; echo "=== $* (load average $(cut -d' ' -f1-3 /proc/loadavg), $(da
 
 step "first command: llmkit pretrain cpu-quick, empty cache"
 LLMKIT_CACHE="$work/cache" /usr/bin/time -f "wall %e s, peak RSS %M KB" \
-  llmkit pretrain cpu-quick -o "$work/cpu-quick" 2>&1 | grep -v "^llmkit: step .*/700  loss" | tail -6
+  llmkit pretrain cpu-quick -o "$work/cpu-quick" 2>&1 | grep -v "^llmkit: step .*  loss" | tail -6
 llmkit fill-mask "$work/cpu-quick" "Convert the string to an [MASK] and return it." \
   "Wait until the child [MASK] terminates."
+step "first run's probes";  python "$here/first_run.py"
 
 step "collation";  python "$here/collation.py"
 step "pretrain";   python "$here/pretrain.py" --steps 60 --warmup 5 --variants llmkit,hf,llmkit-seed2,hf-seed2 \
@@ -27,4 +28,7 @@ step "fill-mask";  python "$here/fill_mask.py" --model "$work/cpu-quick"
 step "predict";    python "$here/predict.py"
 step "serve";      python "$here/serve.py" --model "$work/cpu-quick" --clients 1,8,32 --seconds 15
 step "finetune";   python "$here/finetune.py" --repeats 1
+step "profile";    python "$here/profile_step.py"
+step "a bad path"
+/usr/bin/time -f "fails in %e s" llmkit pretrain --data "$work/missing.txt" || true
 step "done"
