@@ -6,10 +6,10 @@
 All train through the real `llmkit pretrain` with their family's recipe: BERT as `cpu-context` trains it (15%
 masking, no dropout, linear decay), ModernBERT as `modernbert-cpu` does (30% masking, no dropout,
 warmup-stable-decay, AdamW beta2 0.98), and a third run trains BERT with ModernBERT's recipe, to tell the
-architecture from the recipe; the same tokenizer, blocks, batch and number of tokens. ModernBERT
-gets 6 layers x 256 (7.4M parameters) to match BERT-mini's 7.5M (4 x 256): its family is deep and narrow. Every
-`--eval-every` steps each model is scored on the same held-out blocks with the same fixed 15% masks (so the two
-masking rates do not make the numbers incomparable): loss and masked-token accuracy against training tokens and
+architecture from the recipe; the same tokenizer, blocks, batch and number of tokens. ModernBERT gets 6 layers x
+256 (5.47M parameters with an 8,000-token vocabulary) to match BERT-mini (4 x 256, 5.41M): its family is deep and
+narrow. Every `--eval-every` steps each model is scored on the same held-out blocks with the same fixed 15%
+masks (so the two masking rates do not make the numbers incomparable): loss and masked-token accuracy against training tokens and
 against wall time. Then each final model is fine-tuned on the same 8-topic classification set (benchmarks/finetune.py's
 data) and its test accuracy reported. The runs take turns on the machine (one after the other, alternating order
 is not needed: nothing else runs); results go to benchmarks/results/arch-*.json.
