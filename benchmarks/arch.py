@@ -104,7 +104,7 @@ def pretrain(name: str, corpus: str, tokenizer: str, steps: int, eval_every: int
     import torch
     from transformers import TrainerCallback
 
-    from llmkit import config, pretrain as recipe, training
+    from llmkit import config, pretrain as recipe
 
     batches = torch.load(batches_path)
     curve: list[dict[str, float]] = []
@@ -122,12 +122,7 @@ def pretrain(name: str, corpus: str, tokenizer: str, steps: int, eval_every: int
                               "seconds": paused - self.start - self.paused, **score(self.model, batches)})
                 self.paused += time.perf_counter() - paused
 
-    class ProbedTrainer(training.MLMTrainer):
-        def __init__(self, *a, **kw):
-            super().__init__(*a, **kw)
-            self.add_callback(Probe())
-
-    training.MLMTrainer = ProbedTrainer
+    common.add_to_pretrain(Probe())
     recipe_name, sets = FAMILIES[name]
     cfg = config.build("pretrain", recipe_name, flags={"data.train": [corpus], "model.tokenizer": tokenizer,
                                                        "output_dir": str(WORK / name)},

@@ -235,6 +235,19 @@ def run_ring(targets: list[tuple[str, Callable[..., None], tuple]], timeout_s: f
                                f"messages above")
 
 
+def add_to_pretrain(callback: Any) -> None:
+    """Make the `llmkit pretrain` run in this process add `callback` to its trainer: the one addition a benchmark
+    makes to the real run (each benchmark trains in a process of its own, with one trainer)."""
+    from llmkit import training
+
+    class WithCallback(training.MLMTrainer):
+        def __init__(self, *args: Any, **kwargs: Any):
+            super().__init__(*args, **kwargs)
+            self.add_callback(callback)
+
+    training.MLMTrainer = WithCallback
+
+
 def in_fresh_process(fn: Callable[..., Any], *args: Any) -> Any:
     """fn(*args) in a new spawned process (nothing imported or cached in memory beforehand); returns its result.
 

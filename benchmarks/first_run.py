@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> None:
 def run(recipe: str, sets: list[str], started: float) -> dict[str, Any]:
     from transformers import TrainerCallback
 
-    from llmkit import config, pretrain, training
+    from llmkit import config, pretrain
 
     work = Path(tempfile.mkdtemp(prefix="llmkit-first-run-"))
     os.environ["LLMKIT_CACHE"] = str(work / "cache")  # cold: tokenizer and data prepared inside the time
@@ -93,12 +93,7 @@ def run(recipe: str, sets: list[str], started: float) -> dict[str, Any]:
                 self.due.pop(0)
                 probes.append(probe(model, processing_class, state, clock(), work, paused))
 
-    class ProbedTrainer(training.MLMTrainer):
-        def __init__(self, *a, **kw):
-            super().__init__(*a, **kw)
-            self.add_callback(Probe())
-
-    training.MLMTrainer = ProbedTrainer
+    common.add_to_pretrain(Probe())
     cfg = config.build("pretrain", recipe, flags={"output_dir": str(work / "run")}, sets=sets)
     metrics = pretrain.run(cfg)
     wall = clock()

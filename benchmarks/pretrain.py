@@ -263,7 +263,7 @@ def train_variant(ring: common.StepRing, name: str, setup: dict[str, Any], out_d
     if side == "llmkit":
         from transformers import AutoModelForMaskedLM, pipeline
 
-        from llmkit import config, pretrain, training
+        from llmkit import config, pretrain
 
         cfg = config.build("pretrain", flags={
             "data.train": [setup["train"]], "data.eval": [setup["eval"]], "model.tokenizer": setup["tokenizer"],
@@ -273,12 +273,7 @@ def train_variant(ring: common.StepRing, name: str, setup: dict[str, Any], out_d
                   "data.max_eval_samples=64", f"mlm.probability={MLM_PROBABILITY}"]
             + [f"training.{k}={v}" for k, v in OPTIM.items()] + list(extra))
 
-        class TimedMLMTrainer(training.MLMTrainer):  # the one addition to the real run: the timing callback
-            def __init__(self, *a, **kw):
-                super().__init__(*a, **kw)
-                self.add_callback(timer)
-
-        training.MLMTrainer = TimedMLMTrainer
+        common.add_to_pretrain(timer)  # the one addition to the real run: the timing callback
         own_metrics = pretrain.run(cfg, overwrite=True)
         model = AutoModelForMaskedLM.from_pretrained(str(run_dir))  # the run directory loads as plain HF
         fill = pipeline("fill-mask", model=str(run_dir), device="cpu")

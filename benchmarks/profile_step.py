@@ -18,7 +18,6 @@ import sys
 import tempfile
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
@@ -53,7 +52,7 @@ def main(argv: list[str] | None = None) -> None:
     import torch
     from transformers import TrainerCallback
 
-    from llmkit import config, pretrain, training
+    from llmkit import config, pretrain
 
     class Profile(TrainerCallback):
         def __init__(self):
@@ -68,13 +67,7 @@ def main(argv: list[str] | None = None) -> None:
                 self.profiler.__exit__(None, None, None)
 
     profile = Profile()
-
-    class ProfiledTrainer(training.MLMTrainer):
-        def __init__(self, *args: Any, **kwargs: Any):
-            super().__init__(*args, **kwargs)
-            self.add_callback(profile)
-
-    training.MLMTrainer = ProfiledTrainer
+    common.add_to_pretrain(profile)
     with tempfile.TemporaryDirectory(prefix="llmkit-profile-") as tmp:
         sets = ["training.per_device_train_batch_size=32", "data.max_seq_length=128", "training.eval_steps=100000",
                 "training.save_steps=100000", f"training.max_steps={a.warmup + a.steps}", *a.sets]
