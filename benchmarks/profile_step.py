@@ -1,6 +1,6 @@
 """Where a pretraining step's time goes: the torch profiler over real `llmkit pretrain` steps, grouped by kind of op.
 
-    python benchmarks/profile_step.py                      # mini BERT, batch 32 x 128, as benchmarks/pretrain.py trains it
+    python benchmarks/profile_step.py          # mini BERT, batch 32 x 128, as benchmarks/pretrain.py trains it
     python benchmarks/profile_step.py --set model.cheap_dropout=false --set precision=fp32
 
 The run is the real `llmkit.pretrain.run` on the built-in corpus; after --warmup steps, --steps steps are profiled

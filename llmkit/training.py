@@ -17,6 +17,7 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 from llmkit import hf_compat
 from llmkit.console import log
 from llmkit.devices import has_accelerator
+from llmkit.dropout import CheapDropout
 from llmkit.errors import ConfigError
 from llmkit.modeling import MaskedPositionsHead
 
@@ -126,11 +127,7 @@ class SeededTrainer(Trainer):
         self.cheap_dropout = cheap_dropout and self.args.device.type == "cpu" and not self.args.torch_compile
 
     def training_step(self, model, inputs, num_items_in_batch=None):
-        if not self.cheap_dropout:
-            return super().training_step(model, inputs, num_items_in_batch)
-        from llmkit.dropout import CheapDropout
-
-        with CheapDropout():
+        with CheapDropout() if self.cheap_dropout else contextlib.nullcontext():
             return super().training_step(model, inputs, num_items_in_batch)
 
     def _get_train_sampler(self, train_dataset=None):

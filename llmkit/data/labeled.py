@@ -26,7 +26,7 @@ import numpy as np
 
 from llmkit.console import log
 from llmkit.data.corpus import cache_root
-from llmkit.data.sources import TEXT_SUFFIXES, expand_files, guesses, is_local, pick_column, suffixes
+from llmkit.data.sources import TEXT_SUFFIXES, expand_files, guesses, is_local, is_number, pick_column, suffixes
 from llmkit.data.sources import load_table as load_dataset_table
 from llmkit.errors import DataError
 
@@ -291,20 +291,12 @@ def label_names(labels: Sequence[Any], problem: str, source: str) -> list[str]:
     if len(found) < 2:
         only = f"one label ('{next(iter(found))}')" if found else "no labels"
         hint = (" For a numeric target, pass --set finetune.problem_type=regression."
-                if found and _is_number(next(iter(found))) else "")
+                if found and is_number(next(iter(found))) else "")
         raise DataError(f"The training data in {source} has {only}: classification needs at least 2 classes. Add "
                         f"examples of the other classes.{hint}")
-    if all(_is_number(n) for n in found):
+    if all(is_number(n) for n in found):
         return sorted(found, key=float)
     return sorted(found)
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-        return True
-    except ValueError:
-        return False
 
 
 def encode_labels(labels: Sequence[Any], problem: str, names: Sequence[str]) -> list[Any]:

@@ -272,7 +272,7 @@ def _table_column(path: Path, kind: str, compression: str | None, wanted: str | 
             header = next(csv.reader(stream, delimiter="\t" if kind == "tsv" else ","), [])
             row = next(csv.reader(stream, delimiter="\t" if kind == "tsv" else ","), [])
             record = dict(zip(header, row))
-            strings = [c for c, v in record.items() if not _is_number(v)]
+            strings = [c for c, v in record.items() if not is_number(v)]
         elif kind == "jsonl":
             record = next((_json_object(line, path, n) for n, line in enumerate(stream, 1) if line.strip()), {})
             strings = [c for c, v in record.items() if isinstance(v, str)]
@@ -313,7 +313,8 @@ def _json_object(line: str, path: Any, number: int) -> dict[str, Any]:
     return record
 
 
-def _is_number(value: str) -> bool:
+def is_number(value: str) -> bool:
+    """Whether `value` parses as a float (numeric-looking columns and labels)."""
     try:
         float(value)
         return True
