@@ -94,7 +94,8 @@ def main(model: str, texts: Sequence[str], input_file: str | None = None, top_k:
 
     # 2. the model, once
     filler = load(model, device, precision, tokenizer=tokenizer, config=config)
-    log(f"fill-mask: {type(filler.model).__name__} on {filler.device}, {filler.precision} ({filler.why})")
+    log(f"fill-mask: {type(filler.model).__name__} ({filler.runtime}) on {filler.device}, {filler.precision} "
+        f"({filler.why})")
 
     # 3. results on stdout, batch by batch
     for batch in _chain(first, batches):
@@ -130,10 +131,7 @@ def check_options(top_k: int, batch_size: int, precision: str) -> None:
 
 
 def _tokenizer_and_config(model: str | Path) -> tuple[Any, Any]:
-    from llmkit import modeling
-
-    modeling.check_model_path(str(model))
-    return inference.load_tokenizer(str(model), "fill-mask"), modeling.read_config(str(model))
+    return inference.load_tokenizer_and_config(str(model), "fill-mask")
 
 
 # ---------------------------------------------------------------- the Python API
@@ -201,17 +199,20 @@ def fill_mask(model: str | Path | MaskFiller, texts: str | Sequence[str], top_k:
 
     # 3. length-sorted, dynamically padded batches; results back in input order
     results: list[dict[str, Any]] = [{} for _ in texts]
+    words: dict[int, str] = {}
     for chunk in inference.by_length([len(e.ids) for e in encoded], batch_size):
         for i, result in zip(chunk, predict_batch(filler, [encoded[i] for i in chunk], top_k, target_ids)):
             results[i] = {"text": texts[i], "truncated": encoded[i].truncated, **result}
-            place_in_text(results[i], encoded[i].spans, tokenizer)
+            place_in_text(results[i], encoded[i].spans, tokenizer, words)
     return results
 
 
-def place_in_text(result: dict[str, Any], spans: list[tuple[int | None, int | None]], tokenizer: Any) -> None:
-    """Add each mask's character span, and "filled": the text as written with the predicted tokens in place."""
+def place_in_text(result: dict[str, Any], spans: list[tuple[int | None, int | None]], tokenizer: Any,
+                  words: dict[int, str] | None = None) -> None:
+    """Add each mask's character span, and "filled": the text as written with the predicted tokens in place.
+    `words`: token id -> its text, shared between calls."""
     text = result["text"]
-    words: dict[int, str] = {}
+    words = {} if words is None else words
 
     def word(token_id: int) -> str:
         if token_id not in words:
@@ -364,8 +365,8 @@ def resolve_targets(tokenizer: Any, targets: str | Iterable[str]) -> list[int]:
         if word in vocab:
             ids.append(vocab[word])
             continue
-        pieces = tokenizer(word, add_special_tokens=False, return_attention_mask=False,
-                           return_token_type_ids=False)["input_ids"]
+        pieces = tokenizer.backend_tokenizer.encode(word, add_special_tokens=False).ids if tokenizer.is_fast else \
+            tokenizer(word, add_special_tokens=False, return_attention_mask=False)["input_ids"]
         if not pieces:
             warn(f"target '{word}' has no tokens in this vocabulary; it is ignored.")
             continue
@@ -443,25 +444,36 @@ def _records(batch: list[Encoded], scores: list[list[float]], choices: list[list
     special = set(tokenizer.all_special_ids)
     tokens = sorted({t for row in choices for t in row} | {t for ids, _ in best for t in ids})
     text = dict(zip(tokens, decode(tokenizer, [[t] for t in tokens])))  # as the pipeline decodes token_str
-    results, sequences, flat = [], [], 0  # `flat`: the row of `scores` for the current mask
+    results, sequences, flat = [], {}, 0  # sequences: token ids -> their place in one decode call
+    order = []  # per record: the key of each candidate's sequence, then the best filling's
     for row, e in enumerate(batch):
-        masks = []
+        masks, keys = [], []
+        open_masks = set(e.masks)
+        kept = [p for p, t in enumerate(e.ids) if t not in special or p in open_masks]
+        base = [e.ids[p] for p in kept]
         for position in e.masks:
+            at = kept.index(position)
             candidates = [{"token": text[token], "token_id": token, "score": score, "sequence": None}
                           for score, token in zip(scores[flat], choices[flat])]
-            sequences += [_filled(e.ids, {position: c["token_id"]}, e.masks, special) for c in candidates]
+            for c in candidates:  # the text with this mask filled, the others left open
+                key = tuple(base[:at]) + ((c["token_id"],) if c["token_id"] not in special else ()) + \
+                    tuple(base[at + 1:])
+                keys.append(sequences.setdefault(key, len(sequences)))
             masks.append({"position": position, "start": None, "end": None, "candidates": candidates})
             flat += 1
         ids, score = best[row]
-        sequences.append(_filled(e.ids, dict(zip(e.masks, ids)), e.masks, special))
+        key = tuple(_filled(e.ids, dict(zip(e.masks, ids)), e.masks, special))
+        keys.append(sequences.setdefault(key, len(sequences)))
+        order.append(keys)
         results.append({"masks": masks, "best": {"tokens": [text[t] for t in ids], "token_ids": list(ids),
                                                  "score": score, "sequence": None}})
-    decoded = iter(decode(tokenizer, sequences))
-    for result in results:
+    decoded = decode(tokenizer, [list(key) for key in sequences])
+    for result, keys in zip(results, order):
+        places = iter(keys)
         for mask in result["masks"]:
             for candidate in mask["candidates"]:
-                candidate["sequence"] = next(decoded)
-        result["best"]["sequence"] = next(decoded)
+                candidate["sequence"] = decoded[next(places)]
+        result["best"]["sequence"] = decoded[next(places)]
     return results
 
 

@@ -4,7 +4,9 @@ One path for `llmkit fill-mask`, `llmkit predict`, fine-tuning's evaluation pred
 
 - `load(name, task)`: the checkpoint's tokenizer and model, weights in fp32 whatever dtype they were saved in,
   on the chosen device, in eval mode; the precision decided once (`devices.precision`: bf16 autocast where the
-  hardware has it, else fp32; fp16 on CUDA when asked);
+  hardware has it, else fp32; fp16 on CUDA when asked). A local BERT or ModernBERT masked-LM is read by
+  `llmkit.lite` (the same model and tokenizer, without importing transformers: a cold start in half the time);
+  everything else by transformers;
 - `by_length`: batches of similar length, longest first (little padding; an out-of-memory error comes early);
 - `classify` / `interpret`: classification logits in input order, and label names with scores;
 - `text_batches`: texts from arguments, a file or stdin, one per line, in bounded batches as they arrive.
@@ -41,6 +43,7 @@ class Loaded:
     precision: str  # bf16 | fp16 | fp32: the autocast dtype of the forward pass
     why: str  # why that precision
     window: int  # the longest input the model takes, in tokens
+    runtime: str = "transformers"  # or "llmkit.lite"
 
     def autocast(self) -> Any:
         return devices.autocast(self.precision, self.device)
@@ -61,29 +64,49 @@ def load(name: str | Path, task: str, device: str | None = None, precision: str 
     """Load a checkpoint (a path, a run directory or a hub name) for `task`: fill-mask or text-classification."""
     from llmkit import modeling
 
+    from llmkit import lite
+
     name = str(name)
     devices.check_precision(precision)
     target = devices.device(device)
     chosen, why = devices.precision(precision, target.type)
-    if config is None:
-        modeling.check_model_path(name)
-        config = modeling.read_config(name, trust_remote_code)
+    if config is None or tokenizer is None:
+        tokenizer, config = load_tokenizer_and_config(name, task, trust_remote_code, tokenizer)
     if task == "text-classification":
         check_classifier(name, config)
-    if tokenizer is None:
-        tokenizer = load_tokenizer(name, task, trust_remote_code)
-    if task == "fill-mask":
-        model = modeling.load_trained_mlm(name, config, trust_remote_code)
+    if lite.is_lite(config):
+        model, runtime = lite.load_model(name, config), "llmkit.lite"
+    elif task == "fill-mask":
+        model, runtime = modeling.load_trained_mlm(name, config, trust_remote_code), "transformers"
     else:
         model, _, _ = modeling.load_pretrained("AutoModelForSequenceClassification", name, config, "sdpa",
                                                trust_remote_code)
-    return Loaded(name, task, model.to(target).eval(), tokenizer, target, chosen, why, window(config, tokenizer))
+        runtime = "transformers"
+    return Loaded(name, task, model.to(target).eval(), tokenizer, target, chosen, why, window(config, tokenizer),
+                  runtime)
+
+
+def load_tokenizer_and_config(name: str, task: str, trust_remote_code: bool = False,
+                              tokenizer: Any = None) -> tuple[Any, Any]:
+    """(tokenizer, config) of a checkpoint: `llmkit.lite`'s where it reads the checkpoint (no transformers import;
+    a tokenizer given is used as is), else transformers'."""
+    from llmkit import lite, modeling
+
+    name = str(name)
+    modeling.check_model_path(name)
+    if not trust_remote_code and lite.unsupported(name, task) is None:
+        return check_tokenizer(name, task, tokenizer or lite.Tokenizer(name)), lite.read_config(name)
+    config = modeling.read_config(name, trust_remote_code)
+    return tokenizer or load_tokenizer(name, task, trust_remote_code), config
 
 
 def load_tokenizer(name: str, task: str, trust_remote_code: bool = False) -> Any:
     from llmkit import modeling
 
-    tokenizer = modeling.load_tokenizer(name, trust_remote_code)
+    return check_tokenizer(name, task, modeling.load_tokenizer(name, trust_remote_code))
+
+
+def check_tokenizer(name: str, task: str, tokenizer: Any) -> Any:
     if task == "fill-mask" and (tokenizer.mask_token is None or tokenizer.mask_token_id is None):
         raise ModelError(f"The tokenizer of '{name}' has no mask token, so it cannot fill masks. Use a masked-LM "
                          f"checkpoint (BERT, RoBERTa, ...; e.g. an llmkit pretrain run).")
