@@ -57,7 +57,6 @@ from __future__ import annotations
 import json
 import re
 import sys
-import weakref
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -307,9 +306,6 @@ def encode(tokenizer: Any, texts: Sequence[str], window: int) -> list[Encoded]:
     return out
 
 
-_BACKENDS: "weakref.WeakKeyDictionary[Any, Any]" = weakref.WeakKeyDictionary()
-
-
 def _tokenize(tokenizer: Any, texts: list[str]) -> dict[str, list[list[int]]]:
     """input_ids, token_type_ids and special_tokens_mask of each text, with special tokens, untruncated.
 
@@ -318,15 +314,7 @@ def _tokenize(tokenizer: Any, texts: list[str]) -> dict[str, list[list[int]]]:
     if not getattr(tokenizer, "is_fast", False):
         return tokenizer(texts, add_special_tokens=True, truncation=False, return_attention_mask=False,
                          return_token_type_ids=True, return_special_tokens_mask=True, verbose=False)
-    backend = _BACKENDS.get(tokenizer)
-    if backend is None:
-        from tokenizers import Tokenizer
-
-        backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
-        backend.no_truncation()
-        backend.no_padding()
-        _BACKENDS[tokenizer] = backend
-    encodings = backend.encode_batch(texts, add_special_tokens=True)
+    encodings = inference.backend(tokenizer).encode_batch(texts, add_special_tokens=True)
     return {"input_ids": [e.ids for e in encodings], "token_type_ids": [e.type_ids for e in encodings],
             "special_tokens_mask": [e.special_tokens_mask for e in encodings]}
 
@@ -404,7 +392,9 @@ def predict_batch(filler: MaskFiller, batch: list[Encoded], top_k: int,
     """Candidates per mask and the joint best filling for a batch of encoded texts (one padded tensor)."""
     import torch
 
-    ids, attention, types = _pad(batch, filler.tokenizer, filler.device)
+    inputs = inference.pad([e.ids for e in batch], [e.type_ids for e in batch] if batch[0].type_ids is not None
+                           else None, filler.tokenizer.pad_token_id, filler.device)
+    ids, attention, types = inputs["input_ids"], inputs["attention_mask"], inputs.get("token_type_ids")
     targets = torch.tensor(target_ids, device=filler.device) if target_ids is not None else None
     with torch.inference_mode():
         # 1. every mask scored with all the others still masked (the pipeline's per-mask candidates)
@@ -419,23 +409,6 @@ def predict_batch(filler: MaskFiller, batch: list[Encoded], top_k: int,
         # 2. the joint best filling: greedy, most confident open mask first
         best = _greedy_fill(filler, ids, attention, types, at, probs, targets)
     return _records(batch, scores, choices, best, filler.tokenizer)
-
-
-def _pad(batch: list[Encoded], tokenizer: Any, device: Any) -> tuple[Any, Any, Any]:
-    """(input ids, attention mask, token type ids or None) of a batch, padded to its longest text, on `device`."""
-    import torch
-
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    length = max(len(e.ids) for e in batch)
-    ids = torch.full((len(batch), length), pad, dtype=torch.long)
-    attention = torch.zeros((len(batch), length), dtype=torch.long)
-    types = torch.zeros((len(batch), length), dtype=torch.long) if batch[0].type_ids is not None else None
-    for row, e in enumerate(batch):
-        ids[row, :len(e.ids)] = torch.tensor(e.ids)
-        attention[row, :len(e.ids)] = 1
-        if types is not None:
-            types[row, :len(e.ids)] = torch.tensor(e.type_ids)
-    return ids.to(device), attention.to(device), types.to(device) if types is not None else None
 
 
 def _records(batch: list[Encoded], scores: list[list[float]], choices: list[list[int]],

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import sys
+import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,6 +77,7 @@ def load(name: str | Path, task: str, device: str | None = None, precision: str 
         check_classifier(name, config)
     if lite.is_lite(config):
         model, runtime = lite.load_model(name, config), "llmkit.lite"
+        lite.cast_for_autocast(model, chosen)
     elif task == "fill-mask":
         model, runtime = modeling.load_trained_mlm(name, config, trust_remote_code), "transformers"
     else:
@@ -145,15 +147,69 @@ def classify(loaded: Loaded, texts: Sequence[str], pairs: Sequence[str] | None =
     import torch
 
     tokenizer = loaded.tokenizer
-    encoded = tokenizer(list(texts), list(pairs) if pairs is not None else None, truncation=True,
-                        max_length=loaded.window)
-    columns = list(encoded.keys())
+    ids, types = tokenize(tokenizer, texts, pairs, loaded.window)
     out = np.zeros((len(texts), loaded.model.config.num_labels), dtype=np.float32)
     with torch.inference_mode(), loaded.autocast():
-        for index in by_length([len(ids) for ids in encoded["input_ids"]], batch_size):
-            batch = tokenizer.pad([{k: encoded[k][i] for k in columns} for i in index], return_tensors="pt")
-            out[index] = loaded.model(**{k: v.to(loaded.device) for k, v in batch.items()}).logits.float().cpu().numpy()
+        for index in by_length([len(row) for row in ids], batch_size):
+            batch = pad([ids[i] for i in index], [types[i] for i in index] if types else None,
+                        tokenizer.pad_token_id, loaded.device)
+            out[index] = loaded.model(**batch).logits.float().cpu().numpy()
     return out
+
+
+def tokenize(tokenizer: Any, texts: Sequence[str], pairs: Sequence[str] | None,
+             max_length: int) -> tuple[list[list[int]], list[list[int]] | None]:
+    """(input ids, token type ids or None) per text (and pair), truncated to `max_length` as
+    `tokenizer(texts, pairs, truncation=True, max_length=max_length)` truncates. A fast tokenizer's Rust pipeline
+    is called directly (a private copy with that truncation): the same encodings, without building a BatchEncoding."""
+    with_types = "token_type_ids" in tokenizer.model_input_names
+    if not getattr(tokenizer, "is_fast", False):
+        encoded = tokenizer(list(texts), list(pairs) if pairs is not None else None, truncation=True,
+                            max_length=max_length, return_token_type_ids=with_types)
+        return encoded["input_ids"], encoded["token_type_ids"] if with_types else None
+    inputs = list(zip(texts, pairs)) if pairs is not None else list(texts)
+    encodings = backend(tokenizer, max_length).encode_batch(inputs, add_special_tokens=True)
+    return [e.ids for e in encodings], [e.type_ids for e in encodings] if with_types else None
+
+
+_BACKENDS: "weakref.WeakKeyDictionary[Any, dict[int | None, Any]]" = weakref.WeakKeyDictionary()
+
+
+def backend(tokenizer: Any, truncate_to: int | None = None) -> Any:
+    """A private copy of a fast tokenizer's Rust pipeline, without padding, truncating to `truncate_to` tokens
+    (longest_first, on the tokenizer's truncation side) or not at all; made once per tokenizer and length."""
+    copies = _BACKENDS.setdefault(tokenizer, {})
+    if truncate_to not in copies:
+        from tokenizers import Tokenizer
+
+        copy = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+        copy.no_padding()
+        if truncate_to is None:
+            copy.no_truncation()
+        else:
+            copy.enable_truncation(truncate_to, stride=0, strategy="longest_first",
+                                   direction=getattr(tokenizer, "truncation_side", "right"))
+        copies[truncate_to] = copy
+    return copies[truncate_to]
+
+
+def pad(ids: Sequence[Sequence[int]], types: Sequence[Sequence[int]] | None, pad_id: int | None,
+        device: Any) -> dict[str, Any]:
+    """Model inputs for a batch, right-padded to its longest row (as `tokenizer.pad` does), on `device`."""
+    import torch
+
+    length = max(len(row) for row in ids)
+    padded = np.full((len(ids), length), pad_id if pad_id is not None else 0, dtype=np.int64)
+    attention = np.zeros((len(ids), length), dtype=np.int64)
+    for r, row in enumerate(ids):
+        padded[r, :len(row)] = row
+        attention[r, :len(row)] = 1
+    batch = {"input_ids": padded, "attention_mask": attention}
+    if types is not None:
+        batch["token_type_ids"] = np.zeros((len(ids), length), dtype=np.int64)
+        for r, row in enumerate(types):
+            batch["token_type_ids"][r, :len(row)] = row
+    return {k: torch.from_numpy(v).to(device) for k, v in batch.items()}
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

@@ -1,12 +1,12 @@
-"""Quick predictions without importing transformers: BERT and ModernBERT masked-LMs in plain torch.
+"""Quick predictions without importing transformers: BERT and ModernBERT in plain torch.
 
 A cold `llmkit fill-mask` on a small model spends most of its time importing transformers' model code (~1.8 s:
 it pulls in torch.distributed.tensor, torch._dynamo and scipy), more than loading the weights and predicting.
 For the two families llmkit trains, a local checkpoint as transformers 5 saves it (safetensors weights and a
 tokenizer.json written with `"backend": "tokenizers"`) is read here directly: the same weights, the same tokenizer
-(the `tokenizers` pipeline transformers itself runs), the same arithmetic, operation for operation.
-tests/test_lite.py holds this path and transformers' to the same logits (1e-5 in fp32), encodings and
-predictions, for each option handled here.
+(the `tokenizers` pipeline transformers itself runs), the same arithmetic, operation for operation: the
+masked-LM (fill-mask) and the sequence classifier (predict) of each family. tests/test_lite.py holds this path and
+transformers' to the same logits (1e-5 in fp32), encodings and predictions, for each option handled here.
 
 Anything else loads through transformers, with a reason (`unsupported`): another family or head, a config option
 not handled here (relative positions, a rope scaling, ...), a hub name, .bin or sharded weights, a tokenizer
@@ -23,7 +23,9 @@ from types import SimpleNamespace
 from typing import Any
 
 WEIGHTS = "model.safetensors"
-FAMILIES = {"bert": "BertForMaskedLM", "modernbert": "ModernBertForMaskedLM"}
+ARCHITECTURES = {("bert", "fill-mask"): "BertForMaskedLM", ("modernbert", "fill-mask"): "ModernBertForMaskedLM",
+                 ("bert", "text-classification"): "BertForSequenceClassification",
+                 ("modernbert", "text-classification"): "ModernBertForSequenceClassification"}
 ACTIVATIONS = ("gelu", "relu", "silu", "swish", "gelu_new", "gelu_pytorch_tanh")
 TOKENIZER_CLASSES = ("BertTokenizer", "BertTokenizerFast", "TokenizersBackend", "PreTrainedTokenizerFast")
 NO_LIMIT = int(1e30)  # transformers' "no maximum length" model_max_length
@@ -35,8 +37,6 @@ NO_LIMIT = int(1e30)  # transformers' "no maximum length" model_max_length
 def unsupported(name: str | Path, task: str = "fill-mask") -> str | None:
     """None when `name` loads here (cheap: reads two JSON files and the weights' header); else why not."""
     folder = Path(name).expanduser()
-    if task != "fill-mask":
-        return f"{task} models load through transformers"
     if not (folder / "config.json").is_file():
         return "not a local model folder"
     if not (folder / WEIGHTS).is_file():
@@ -46,16 +46,21 @@ def unsupported(name: str | Path, task: str = "fill-mask") -> str | None:
         tokenizer_config = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
         return f"unreadable config ({type(e).__name__})"
-    why = _config_problem(config) or _tokenizer_problem(folder, tokenizer_config)
+    why = _config_problem(config, task) or _tokenizer_problem(folder, tokenizer_config)
     if why:
         return why
     return _weights_problem(folder, config)
 
 
-def _config_problem(c: Any) -> str | None:
+def _config_problem(c: Any, task: str) -> str | None:
     family = getattr(c, "model_type", None)
-    if family not in FAMILIES or list(getattr(c, "architectures", None) or []) != [FAMILIES[family]]:
-        return f"{family} {getattr(c, 'architectures', None)} is not one of {', '.join(FAMILIES.values())}"
+    wanted = ARCHITECTURES.get((family, task))
+    if wanted is None or list(getattr(c, "architectures", None) or []) != [wanted]:
+        known = [a for (_, t), a in ARCHITECTURES.items() if t == task]
+        return f"{family} {getattr(c, 'architectures', None)} is not one of {', '.join(known)}"
+    if task == "text-classification" and getattr(c, "problem_type", None) not in (
+            None, "single_label_classification", "multi_label_classification", "regression"):
+        return f"problem_type {c.problem_type}"
     if family == "bert":
         if (getattr(c, "position_embedding_type", None) or "absolute") != "absolute":
             return f"position_embedding_type {c.position_embedding_type}"
@@ -77,6 +82,8 @@ def _config_problem(c: Any) -> str | None:
             return f"rope_parameters {rope}"
     if getattr(c, "head_dim", None) not in (None, c.hidden_size // c.num_attention_heads):
         return f"head_dim {c.head_dim}"
+    if getattr(c, "classifier_pooling", "cls") not in ("cls", "mean"):
+        return f"classifier_pooling {c.classifier_pooling}"
     return None
 
 
@@ -96,19 +103,29 @@ def _weights_problem(folder: Path, config: Any) -> str | None:
     with safe_open(folder / WEIGHTS, "pt") as f:
         found = set(f.keys())
     expected = set(_build(config).state_dict())
-    tied = {_tied_key(config)} if getattr(config, "tie_word_embeddings", True) else set()
+    tied = {_tied_key(config)} if _tied_key(config) and getattr(config, "tie_word_embeddings", True) else set()
     missing = expected - found - tied
-    extra = found - expected - _IGNORED
+    extra = found - expected - _ignored(config)
     if missing or extra:
         what = f"missing {sorted(missing)[0]}" if missing else f"unexpected {sorted(extra)[0]}"
         return f"weights do not match the config ({what})"
     return None
 
 
-_IGNORED = {"bert.pooler.dense.weight", "bert.pooler.dense.bias", "bert.embeddings.position_ids"}
+def _ignored(config: Any) -> set[str]:
+    """Weights a checkpoint may hold that transformers does not load into this architecture either."""
+    pooler = {"bert.pooler.dense.weight", "bert.pooler.dense.bias"} if _is_mlm(config) else set()
+    return pooler | {"bert.embeddings.position_ids"}
 
 
-def _tied_key(config: Any) -> str:
+def _is_mlm(config: Any) -> bool:
+    return config.architectures[0].endswith("ForMaskedLM")
+
+
+def _tied_key(config: Any) -> str | None:
+    """The masked-LM decoder's weight, which a checkpoint leaves out when tied to the input embeddings."""
+    if not _is_mlm(config):
+        return None
     return "cls.predictions.decoder.weight" if config.model_type == "bert" else "decoder.weight"
 
 
@@ -126,21 +143,27 @@ def is_lite(config: Any) -> bool:
 def read_config(folder: str | Path) -> Any:
     """config.json as attributes, with transformers' defaults for the keys the families here read."""
     raw = json.loads((Path(folder).expanduser() / "config.json").read_text(encoding="utf-8"))
+    if isinstance(raw.get("id2label"), dict):  # JSON keys are strings; transformers' config gives ints
+        raw["id2label"] = {int(k): v for k, v in raw["id2label"].items()}
+    raw.setdefault("problem_type", None)
     defaults = {"bert": dict(type_vocab_size=2, layer_norm_eps=1e-12, hidden_act="gelu", max_position_embeddings=512),
                 "modernbert": dict(norm_eps=1e-5, norm_bias=False, attention_bias=False, mlp_bias=False,
                                    classifier_bias=False, decoder_bias=True, hidden_activation="gelu",
                                    classifier_activation="gelu", local_attention=128, max_position_embeddings=8192)}
-    return Config(**{**defaults.get(raw.get("model_type"), {}), "tie_word_embeddings": True, **raw})
+    config = Config(**{**defaults.get(raw.get("model_type"), {}), "tie_word_embeddings": True, **raw})
+    config.num_labels = len(getattr(config, "id2label", None) or {0: 0, 1: 1})  # transformers: 2 without labels
+    return config
 
 
 def load_model(folder: str | Path, config: Any) -> Any:
-    """The masked-LM of a folder that `unsupported` accepted, weights in fp32, in eval mode."""
+    """The model of a folder that `unsupported` accepted for its task, weights in fp32, in eval mode."""
     import torch
     from safetensors.torch import load_file
 
-    weights = {k: v.float() for k, v in load_file(Path(folder).expanduser() / WEIGHTS).items() if k not in _IGNORED}
+    ignored = _ignored(config)
+    weights = {k: v.float() for k, v in load_file(Path(folder).expanduser() / WEIGHTS).items() if k not in ignored}
     model = _build(config)
-    if _tied_key(config) not in weights:
+    if _tied_key(config) and _tied_key(config) not in weights:
         embeddings = "bert.embeddings.word_embeddings.weight" if config.model_type == "bert" else \
             "model.embeddings.tok_embeddings.weight"
         weights[_tied_key(config)] = weights[embeddings]
@@ -150,9 +173,24 @@ def load_model(folder: str | Path, config: Any) -> Any:
     return model.eval().requires_grad_(False)
 
 
+def cast_for_autocast(model: Any, precision: str) -> None:
+    """Store the encoder's (and a classifier's) linear weights in the autocast dtype of `precision`: what autocast
+    casts them to on every forward pass, done once (the same results; less work and memory per batch). A
+    masked-LM head stays fp32: fill-mask runs it outside autocast."""
+    import torch
+
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    if dtype is None:
+        return
+    head = {"cls", "head", "decoder"} if _is_mlm(model.config) else set()
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear) and name.split(".")[0] not in head:
+            module.to(dtype)
+
+
 def _build(config: Any) -> Any:
     """The model of `config` on the meta device (no memory, no initialisation)."""
-    return _models()[config.model_type](config)
+    return _models()[config.architectures[0]](config)
 
 
 class Tokenizer:
@@ -174,6 +212,7 @@ class Tokenizer:
             self.model_input_names.insert(1, "token_type_ids")
         self.clean_up_tokenization_spaces = bool(config.get("clean_up_tokenization_spaces", False))
         self.model_max_length = int(config.get("model_max_length", NO_LIMIT))
+        self.truncation_side = config.get("truncation_side", "right")
         names = {}
         for key in self.SPECIAL:
             value = config.get(key)
@@ -235,7 +274,7 @@ _MODELS: dict[str, Any] = {}
 
 
 def _models() -> dict[str, Any]:
-    """The model classes by model_type, defined on first use (importing this module does not import torch)."""
+    """The model classes by architecture name, defined on first use (importing this module does not import torch)."""
     if not _MODELS:
         _MODELS.update(_define_models())
     return _MODELS
@@ -328,11 +367,21 @@ def _define_models() -> dict[str, Any]:
             super().__init__()
             self.layer = nn.ModuleList(BertLayer(c) for _ in range(c.num_hidden_layers))
 
-    class BertModel(nn.Module):
+    class BertPooler(nn.Module):
         def __init__(self, c):
+            super().__init__()
+            self.dense = Linear(c.hidden_size, c.hidden_size)
+
+        def forward(self, x):
+            return torch.tanh(self.dense(x[:, 0]))
+
+    class BertModel(nn.Module):
+        def __init__(self, c, pooler: bool):
             super().__init__()
             self.embeddings = BertEmbeddings(c)
             self.encoder = BertEncoder(c)
+            if pooler:
+                self.pooler = BertPooler(c)
 
         def forward(self, input_ids, attention_mask, token_type_ids):
             x = self.embeddings(input_ids, token_type_ids)
@@ -375,7 +424,7 @@ def _define_models() -> dict[str, Any]:
         def __init__(self, c):
             super().__init__()
             self.config = c
-            self.bert = BertModel(c)
+            self.bert = BertModel(c, pooler=False)
             self.cls = BertHead(c)
 
         def forward(self, input_ids, attention_mask=None, token_type_ids=None):
@@ -384,6 +433,23 @@ def _define_models() -> dict[str, Any]:
             if token_type_ids is None:
                 token_type_ids = torch.zeros_like(input_ids)
             return _Output(logits=self.cls(self.bert(input_ids, attention_mask, token_type_ids)))
+
+    class BertForSequenceClassification(nn.Module):
+        """transformers' BertForSequenceClassification for inference: the pooled [CLS] state, then the classifier."""
+
+        def __init__(self, c):
+            super().__init__()
+            self.config = c
+            self.bert = BertModel(c, pooler=True)
+            self.classifier = Linear(c.hidden_size, c.num_labels)
+
+        def forward(self, input_ids, attention_mask=None, token_type_ids=None):
+            if attention_mask is None:
+                attention_mask = torch.ones_like(input_ids)
+            if token_type_ids is None:
+                token_type_ids = torch.zeros_like(input_ids)
+            pooled = self.bert.pooler(self.bert(input_ids, attention_mask, token_type_ids))
+            return _Output(logits=self.classifier(pooled))
 
     # ---- ModernBERT (transformers' ModernBertForMaskedLM, SDPA attention)
 
@@ -497,7 +563,29 @@ def _define_models() -> dict[str, Any]:
                 attention_mask = torch.ones_like(input_ids)
             return _Output(logits=self.decoder(self.head(self.model(input_ids, attention_mask))))
 
-    return {"bert": BertForMaskedLM, "modernbert": ModernBertForMaskedLM}
+    class ModernBertForSequenceClassification(nn.Module):
+        """transformers' ModernBertForSequenceClassification for inference: [CLS] or mean pooling, the prediction
+        head, then the classifier."""
+
+        def __init__(self, c):
+            super().__init__()
+            self.config = c
+            self.model = ModernBertModel(c)
+            self.head = ModernBertPredictionHead(c)
+            self.classifier = Linear(c.hidden_size, c.num_labels)
+
+        def forward(self, input_ids, attention_mask=None, token_type_ids=None):
+            if attention_mask is None:
+                attention_mask = torch.ones_like(input_ids)
+            hidden = self.model(input_ids, attention_mask)
+            if getattr(self.config, "classifier_pooling", "cls") == "cls":
+                hidden = hidden[:, 0]
+            else:
+                hidden = (hidden * attention_mask.unsqueeze(-1)).sum(dim=1) / attention_mask.sum(dim=1, keepdim=True)
+            return _Output(logits=self.classifier(self.head(hidden)))
+
+    return {cls.__name__: cls for cls in (BertForMaskedLM, BertForSequenceClassification, ModernBertForMaskedLM,
+                                          ModernBertForSequenceClassification)}
 
 
 def _layer_types(c: Any) -> list[str]:

@@ -191,3 +191,119 @@ def test_fill_mask_cli_does_not_import_transformers(tiny_mlm):
     assert json.loads(first)["masks"][0]["candidates"]
     assert last == "[] False"
     assert "(llmkit.lite)" in done.stderr
+
+
+# ---------------------------------------------------------------- sequence classification (llmkit predict)
+
+LABELS = {"id2label": {0: "neg", 1: "pos", 2: "mixed"}, "label2id": {"neg": 0, "pos": 1, "mixed": 2}}
+
+
+def bert_classifier(folder, tokenizer, **options):
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=48, pad_token_id=tokenizer.pad_token_id,
+                        **LABELS, **options)
+    return save(folder, BertForSequenceClassification(config), tokenizer)
+
+
+def modernbert_classifier(folder, tokenizer, **options):
+    import torch
+    from transformers import ModernBertConfig, ModernBertForSequenceClassification
+
+    torch.manual_seed(0)
+    config = ModernBertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=3, num_attention_heads=2,
+                              intermediate_size=48, max_position_embeddings=48, local_attention=8,
+                              pad_token_id=tokenizer.pad_token_id, cls_token_id=tokenizer.cls_token_id,
+                              sep_token_id=tokenizer.sep_token_id, bos_token_id=tokenizer.cls_token_id,
+                              eos_token_id=tokenizer.sep_token_id, **LABELS, **options)
+    model = ModernBertForSequenceClassification(config)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name or name.endswith("bias"):
+                p.add_(torch.randn_like(p) * 0.2)
+    return save(folder, model, tokenizer)
+
+
+CLASSIFIERS = {
+    "bert": (bert_classifier, {}),
+    "bert-multi-label": (bert_classifier, {"problem_type": "multi_label_classification"}),
+    "modernbert-cls": (modernbert_classifier, {}),
+    "modernbert-mean": (modernbert_classifier, {"classifier_pooling": "mean", "norm_bias": True}),
+}
+
+
+@pytest.fixture(scope="module", params=list(CLASSIFIERS))
+def classifier(request, tmp_path_factory, tokenizer):
+    build, options = CLASSIFIERS[request.param]
+    return build(tmp_path_factory.mktemp(request.param), tokenizer, **options)
+
+
+def test_classifier_same_outputs_as_the_transformers_path(classifier):
+    """Texts, pairs and texts longer than the 48-token window (truncated as transformers truncates them)."""
+    from transformers import AutoConfig
+
+    texts = [t.replace("[MASK]", "gamma") for t in TEXTS] + [" ".join(toy_corpus(30))]
+    pairs = ["beta", "alpha gamma", "中文", " ".join(toy_corpus(20)), "x"]
+    ours = inference.load(classifier, "text-classification", "cpu", "fp32")
+    assert ours.runtime == "llmkit.lite" and ours.label_names == ["neg", "pos", "mixed"]
+    theirs = inference.load(classifier, "text-classification", "cpu", "fp32",
+                            tokenizer=inference.load_tokenizer(str(classifier), "text-classification"),
+                            config=AutoConfig.from_pretrained(classifier))
+    assert theirs.runtime == "transformers" and ours.problem_type == theirs.problem_type
+    for second in (None, pairs):
+        a = inference.classify(ours, texts, second, batch_size=2)
+        b = inference.classify(theirs, texts, second, batch_size=2)
+        assert abs(a - b).max() < 1e-5
+        assert len({tuple(row) for row in a.round(5)}) == len(texts)
+
+
+def test_classifier_tokenization_equals_the_tokenizer_call(classifier):
+    """`inference.tokenize` (the Rust pipeline directly) gives what `tokenizer(texts, pairs, truncation=True)` gives."""
+    from transformers import AutoTokenizer
+
+    hf = AutoTokenizer.from_pretrained(classifier)
+    long = " ".join(toy_corpus(30))
+    texts, pairs = ["alpha beta", long, long, "中文 é"], ["gamma", "delta", long, long]
+    for tokenizer in (hf, lite.Tokenizer(classifier)):
+        ids, types = inference.tokenize(tokenizer, texts, pairs, 48)
+        expected = hf(texts, pairs, truncation=True, max_length=48)
+        assert ids == expected["input_ids"] and max(map(len, ids)) == 48
+        assert types == (expected["token_type_ids"] if "token_type_ids" in hf.model_input_names else None)
+
+
+def test_predict_cli_does_not_import_transformers(classifier):
+    script = (f"import sys; from llmkit import predict; "
+              f"predict.main({str(classifier)!r}, ['alpha beta gamma'], as_json=True); "
+              f"print(sorted({{m.split('.')[0] for m in sys.modules}} & {{'transformers', 'scipy', 'sklearn'}}))")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    first, last = done.stdout.strip().splitlines()
+    record = json.loads(first)
+    assert set(record["scores"]) == {"neg", "pos", "mixed"}
+    assert last == "[]"
+
+
+def assert_cast_weights_give_the_autocast_results(folder, task):
+    """`cast_for_autocast` does once what autocast does per forward pass: the outputs are bit-identical."""
+    import torch
+
+    cast = inference.load(folder, task, "cpu", "bf16")
+    plain = lite.load_model(folder, lite.read_config(folder))
+    assert {p.dtype for n, p in cast.model.named_parameters() if n.endswith(("Wqkv.weight", "query.weight"))} == \
+        {torch.bfloat16}
+    ids = torch.tensor([[2, 7, 9, 11, 3], [2, 8, 3, 0, 0]])
+    mask = (ids != 0).long()
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(cast.model(input_ids=ids, attention_mask=mask).logits,
+                           plain(input_ids=ids, attention_mask=mask).logits)
+
+
+def test_masked_lm_weights_in_bf16_give_exactly_the_autocast_results(checkpoint):
+    assert_cast_weights_give_the_autocast_results(checkpoint, "fill-mask")
+
+
+def test_classifier_weights_in_bf16_give_exactly_the_autocast_results(classifier):
+    assert_cast_weights_give_the_autocast_results(classifier, "text-classification")
