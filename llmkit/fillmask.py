@@ -82,13 +82,13 @@ def main(model: str, texts: Sequence[str], input_file: str | None = None, top_k:
     # 1. options, the tokenizer and the first texts checked before the model is loaded
     check_options(top_k, batch_size, precision)
     devices.precision(precision, devices.device(device).type)
-    batches = (b for b in inference.text_batches(texts, input_file, size=max(4 * batch_size, 256)) if b)
+    batches = (b for b in inference.text_batches(texts, input_file, size=max(4 * batch_size, 2048)) if b)
     first = next(batches, None)
     if first is None:
         where = {None: "", "-": " in stdin"}.get(input_file, f" in '{input_file}'")
         raise DataError(NO_TEXTS.replace("No input texts.", f"No input texts{where}."))
     tokenizer, config = _tokenizer_and_config(model)
-    encode(tokenizer, first, inference.window(config, tokenizer))
+    encoded = encode(tokenizer, first, inference.window(config, tokenizer))
     target_ids = resolve_targets(tokenizer, targets) if targets is not None else None
 
     # 2. the model, once
@@ -97,15 +97,12 @@ def main(model: str, texts: Sequence[str], input_file: str | None = None, top_k:
         f"({filler.why})")
 
     # 3. results on stdout, batch by batch
-    for batch in _chain(first, batches):
-        results = fill_mask(filler, batch, top_k=top_k, target_ids=target_ids, batch_size=batch_size)
-        if not _write(format_json(results) if as_json else format_table(results)):
+    results = _fill(filler, first, encoded, top_k, target_ids, batch_size)
+    while _write(format_json(results) if as_json else format_table(results)):
+        batch = next(batches, None)
+        if batch is None:
             return
-
-
-def _chain(first: list[str], rest: Iterable[list[str]]) -> Iterable[list[str]]:
-    yield first
-    yield from rest
+        results = fill_mask(filler, batch, top_k=top_k, target_ids=target_ids, batch_size=batch_size)
 
 
 def _write(text: str) -> bool:
@@ -190,6 +187,13 @@ def fill_mask(model: str | Path | MaskFiller, texts: str | Sequence[str], top_k:
     # 2. the model, once
     if filler is None:
         filler = load(model, device, precision, tokenizer=tokenizer, config=config)
+    return _fill(filler, texts, encoded, top_k, target_ids, batch_size)
+
+
+def _fill(filler: MaskFiller, texts: list[str], encoded: list[Encoded], top_k: int, target_ids: list[int] | None,
+          batch_size: int) -> list[dict[str, Any]]:
+    """The results of texts already encoded (`encode`), in input order."""
+    window, tokenizer = filler.window, filler.tokenizer
     truncated = [i for i, e in enumerate(encoded) if e.truncated]
     if truncated:
         shown = ", ".join(str(i + 1) for i in truncated[:10]) + (", ..." if len(truncated) > 10 else "")
@@ -379,6 +383,8 @@ def _forward(filler: MaskFiller, ids: Any, attention: Any, types: Any, at: Any) 
     if types is not None:
         inputs["token_type_ids"] = types
     with filler.autocast():
+        if filler.runtime == "llmkit.lite":  # takes the positions itself (its last layer runs only there)
+            return filler.model(**inputs, positions=at).logits.float()
         filler.head.positions = at if filler.head.available else None
         try:
             logits = filler.model(**inputs).logits
@@ -426,11 +432,11 @@ def _records(batch: list[Encoded], scores: list[list[float]], choices: list[list
         base = [e.ids[p] for p in kept]
         for position in e.masks:
             at = kept.index(position)
+            before, after = tuple(base[:at]), tuple(base[at + 1:])
             candidates = [{"token": text[token], "token_id": token, "score": score, "sequence": None}
                           for score, token in zip(scores[flat], choices[flat])]
-            for c in candidates:  # the text with this mask filled, the others left open
-                key = tuple(base[:at]) + ((c["token_id"],) if c["token_id"] not in special else ()) + \
-                    tuple(base[at + 1:])
+            for token in choices[flat]:  # the text with this mask filled, the others left open
+                key = before + ((token,) if token not in special else ()) + after
                 keys.append(sequences.setdefault(key, len(sequences)))
             masks.append({"position": position, "start": None, "end": None, "candidates": candidates})
             flat += 1

@@ -15,6 +15,7 @@ One path for `llmkit fill-mask`, `llmkit predict`, fine-tuning's evaluation pred
 from __future__ import annotations
 
 import os
+import stat
 import sys
 import weakref
 from collections.abc import Iterator, Sequence
@@ -198,7 +199,7 @@ def pad(ids: Sequence[Sequence[int]], types: Sequence[Sequence[int]] | None, pad
     """Model inputs for a batch, right-padded to its longest row (as `tokenizer.pad` does), on `device`."""
     import torch
 
-    length = max(len(row) for row in ids)
+    length = -(-max(len(row) for row in ids) // MULTIPLE) * MULTIPLE
     padded = np.full((len(ids), length), pad_id if pad_id is not None else 0, dtype=np.int64)
     attention = np.zeros((len(ids), length), dtype=np.int64)
     for r, row in enumerate(ids):
@@ -265,6 +266,9 @@ def text_batches(texts: Sequence[str], input_file: str | None, size: int = 256) 
 
 
 def _line_batches(fd: int, where: str, size: int) -> Iterator[list[str]]:
+    """Batches of lines from `fd`. From a pipe or terminal a batch goes on whenever a read ends (the input paused);
+    a regular file never pauses, so it is read in full batches (fewer, better-sorted batches)."""
+    whole = stat.S_ISREG(os.fstat(fd).st_mode)
     carry, offset, pending = b"", 0, []
     while True:
         chunk = os.read(fd, 1 << 16)  # what is there (a pipe returns as soon as anything arrived)
@@ -278,11 +282,13 @@ def _line_batches(fd: int, where: str, size: int) -> Iterator[list[str]]:
             if len(pending) == size:
                 yield [t for t in pending if t.strip()]
                 pending = []
-        if pending:
+        if pending and not whole:
             yield [t for t in pending if t.strip()]
             pending = []
     if carry:
-        yield [t for t in [_decode_line(carry, offset, where)] if t.strip()]
+        pending.append(_decode_line(carry, offset, where))
+    if pending:
+        yield [t for t in pending if t.strip()]
 
 
 def _decode_line(raw: bytes, offset: int, where: str) -> str:
@@ -290,3 +296,8 @@ def _decode_line(raw: bytes, offset: int, where: str) -> str:
         return raw.decode("utf-8").rstrip("\r").lstrip("\ufeff") if offset == 0 else raw.decode("utf-8").rstrip("\r")
     except UnicodeDecodeError as e:
         raise DataError(f"Input {where} is not UTF-8 text ({e.reason} at byte {offset + e.start}).") from None
+
+
+
+
+MULTIPLE = 8

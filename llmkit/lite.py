@@ -358,8 +358,10 @@ def _define_models() -> dict[str, Any]:
             self.intermediate = BertIntermediate(c)
             self.output = BertDenseNorm(c, c.intermediate_size)
 
-        def forward(self, x, mask):
+        def forward(self, x, mask, keep=None):
             x = self.attention(x, mask)
+            if keep is not None:  # only these positions' outputs are wanted: the rest of the layer runs on them
+                x = x[keep]
             return self.output(self.intermediate(x), x)
 
     class BertEncoder(nn.Module):
@@ -383,11 +385,11 @@ def _define_models() -> dict[str, Any]:
             if pooler:
                 self.pooler = BertPooler(c)
 
-        def forward(self, input_ids, attention_mask, token_type_ids):
+        def forward(self, input_ids, attention_mask, token_type_ids, positions=None):
             x = self.embeddings(input_ids, token_type_ids)
             mask = key_padding(attention_mask)
-            for layer in self.encoder.layer:
-                x = layer(x, mask)
+            for i, layer in enumerate(self.encoder.layer):
+                x = layer(x, mask, positions if i == len(self.encoder.layer) - 1 else None)
             return x
 
     class BertTransform(nn.Module):
@@ -427,12 +429,14 @@ def _define_models() -> dict[str, Any]:
             self.bert = BertModel(c, pooler=False)
             self.cls = BertHead(c)
 
-        def forward(self, input_ids, attention_mask=None, token_type_ids=None):
+        def forward(self, input_ids, attention_mask=None, token_type_ids=None, positions=None):
+            """`positions` ([batch, length] booleans): logits only there, [n, vocabulary] in row-major order; the
+            last layer then runs its feed-forward part on those positions alone."""
             if attention_mask is None:
                 attention_mask = torch.ones_like(input_ids)
             if token_type_ids is None:
                 token_type_ids = torch.zeros_like(input_ids)
-            return _Output(logits=self.cls(self.bert(input_ids, attention_mask, token_type_ids)))
+            return _Output(logits=self.cls(self.bert(input_ids, attention_mask, token_type_ids, positions)))
 
     class BertForSequenceClassification(nn.Module):
         """transformers' BertForSequenceClassification for inference: the pooled [CLS] state, then the classifier."""
@@ -474,17 +478,21 @@ def _define_models() -> dict[str, Any]:
 
         def forward(self, x, mask, cos, sin):
             batch, length = x.shape[:2]
-            qkv = self.Wqkv(x).view(batch, length, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
-            q, k = rotate(qkv[:2], cos, sin)  # queries and keys in one pass
-            out = F.scaled_dot_product_attention(q, k, qkv[2], attn_mask=mask, scale=self.head_dim ** -0.5)
+            qkv = self.Wqkv(x).view(batch, length, 3, self.heads, self.head_dim)
+            q, k = rotate(qkv[:, :, :2], cos, sin).permute(2, 0, 3, 1, 4)  # queries and keys in one pass
+            v = qkv[:, :, 2].transpose(1, 2)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.head_dim ** -0.5)
             return self.Wo(out.transpose(1, 2).reshape(batch, length, -1))
 
     def rotate(x, cos, sin):
-        """transformers' apply_rotary_pos_emb, in fp32, with its two halves written out: the same products and
-        sums (bit for bit) in half the operations."""
-        half, dtype = x.shape[-1] // 2, x.dtype
-        x1, x2 = x[..., :half].float(), x[..., half:].float()
-        return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).to(dtype)
+        """transformers' apply_rotary_pos_emb on [batch, length, ..., head_dim], in fp32, with its two halves written
+        out and each rounded straight into the output: the same products and sums (bit for bit) in fewer passes."""
+        half, out = x.shape[-1] // 2, torch.empty_like(x)
+        x = x.float()
+        x1, x2 = x[..., :half], x[..., half:]
+        torch.sub(x1 * cos, x2 * sin, out=out[..., :half])
+        torch.add(x2 * cos, x1 * sin, out=out[..., half:])
+        return out
 
     class ModernBertMLP(nn.Module):
         def __init__(self, c):
@@ -506,8 +514,9 @@ def _define_models() -> dict[str, Any]:
             self.mlp = ModernBertMLP(c)
             self.kind = _layer_types(c)[index]
 
-        def forward(self, x, masks, rotary):
-            x = x + self.attn(self.attn_norm(x), masks[self.kind], *rotary[self.kind])
+        def forward(self, x, masks, rotary, keep=None):
+            attention = self.attn(self.attn_norm(x), masks[self.kind], *rotary[self.kind])
+            x = x + attention if keep is None else x[keep] + attention[keep]  # keep: only these positions wanted
             return x + self.mlp(self.mlp_norm(x))
 
     class ModernBertModel(nn.Module):
@@ -519,7 +528,7 @@ def _define_models() -> dict[str, Any]:
             self.final_norm = norm(c)
             self.rotary: dict[str, Any] = {}  # layer type -> inverse frequencies (`_rotary_tables`)
 
-        def forward(self, input_ids, attention_mask):
+        def forward(self, input_ids, attention_mask, positions=None):
             x = self.embeddings(input_ids)
             length = input_ids.shape[1]
             padding = key_padding(attention_mask)
@@ -528,14 +537,14 @@ def _define_models() -> dict[str, Any]:
                 index = torch.arange(length, device=x.device)
                 near = (index[:, None] - index[None, :]).abs() <= self.config.local_attention // 2
                 masks["sliding_attention"] = padding & near[None, None]
-            positions = torch.arange(length, device=x.device)[None].float()
+            where = torch.arange(length, device=x.device)[None].float()
             rotary = {}
             for kind, inverse in self.rotary.items():  # one half of transformers' cat((angles, angles))
-                angles = positions[..., None] * inverse.to(x.device)
+                angles = where[..., None] * inverse.to(x.device)
                 cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)  # as transformers: in x's dtype
-                rotary[kind] = (cos[:, None].float(), sin[:, None].float())
-            for layer in self.layers:
-                x = layer(x, masks, rotary)
+                rotary[kind] = (cos[0, :, None, None].float(), sin[0, :, None, None].float())  # [length, 1, 1, half]
+            for i, layer in enumerate(self.layers):
+                x = layer(x, masks, rotary, positions if i == len(self.layers) - 1 else None)
             return self.final_norm(x)
 
     class ModernBertPredictionHead(nn.Module):
@@ -558,10 +567,11 @@ def _define_models() -> dict[str, Any]:
             self.head = ModernBertPredictionHead(c)
             self.decoder = Linear(c.hidden_size, c.vocab_size, bias=c.decoder_bias)
 
-        def forward(self, input_ids, attention_mask=None, token_type_ids=None):
+        def forward(self, input_ids, attention_mask=None, token_type_ids=None, positions=None):
+            """`positions`: as BertForMaskedLM's."""
             if attention_mask is None:
                 attention_mask = torch.ones_like(input_ids)
-            return _Output(logits=self.decoder(self.head(self.model(input_ids, attention_mask))))
+            return _Output(logits=self.decoder(self.head(self.model(input_ids, attention_mask, positions))))
 
     class ModernBertForSequenceClassification(nn.Module):
         """transformers' ModernBertForSequenceClassification for inference: [CLS] or mean pooling, the prediction

@@ -290,6 +290,27 @@ def test_stdin_is_answered_line_by_line_before_it_closes(tiny_mlm):
         proc.kill()
 
 
+def test_a_file_is_read_in_full_batches_a_pipe_as_it_arrives(tmp_path):
+    """A regular file never pauses: whole batches (fewer, better length-sorted); a pipe hands on what has arrived."""
+    import os
+    import threading
+
+    from llmkit import inference
+
+    lines = [f"text {i} [MASK]" for i in range(2500)] + ["", "last [MASK]"]
+    path = tmp_path / "in.txt"
+    path.write_text("\n".join(lines), encoding="utf-8")  # no final newline: the last line still counts
+    batches = list(inference.text_batches([], str(path), size=1000))
+    assert [len(b) for b in batches] == [1000, 1000, 501] and batches[-1][-1] == "last [MASK]"
+
+    read, write = os.pipe()
+    writer = threading.Thread(target=lambda: (os.write(write, b"one [MASK]\n"), os.close(write)))
+    writer.start()
+    assert list(inference._line_batches(read, "a pipe", 1000)) == [["one [MASK]"]]
+    writer.join()
+    os.close(read)
+
+
 def test_model_without_masked_lm_head_is_refused(tiny_mlm, tmp_path):
     from transformers import AutoTokenizer, BertConfig, BertModel
 
