@@ -133,10 +133,20 @@ def window(config: Any, tokenizer: Any) -> int:
     return min(limits)
 
 
+TOKENS_PER_TEXT = 64  # a batch holds at most batch_size x this many (padded) tokens
+
+
 def by_length(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
-    """Indices in batches of similar length, longest first."""
+    """Indices in batches of similar length, longest first: at most `batch_size` texts and, for long texts, at most
+    batch_size x TOKENS_PER_TEXT padded tokens (one text at least), so memory per batch stays bounded whatever the
+    lengths (a batch of 64 texts of 512 tokens held ~150 MB of fp32 temporaries) and typical texts still fill it."""
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    return [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+    budget, batches, start = batch_size * TOKENS_PER_TEXT, [], 0
+    while start < len(order):
+        size = max(1, min(batch_size, budget // max(1, lengths[order[start]])))  # the first is the longest
+        batches.append(order[start:start + size])
+        start += size
+    return batches
 
 
 # ---------------------------------------------------------------- classification
