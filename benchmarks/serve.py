@@ -3,8 +3,8 @@
     python benchmarks/serve.py            # mini BERT, 8 clients, 20 s per measurement
     python benchmarks/serve.py --clients 1,8,32 --seconds 10
 
-Each client sends one masked sentence per request (the inference API's {"inputs": ...}) and waits for the answer
-before sending the next. Reported: requests per second and the median and 99th-percentile latency. The reference is
+Each client keeps one HTTP/1.1 connection open (as session-based clients do), sends one masked sentence per request
+(the inference API's {"inputs": ...}) and waits for the answer before sending the next. Reported: requests per second and the median and 99th-percentile latency. The reference is
 the plain way to answer such requests one at a time: a loop calling the pipeline once per request (its latency is
 one call; its throughput one call after another). Same model, same sentences, same machine, one after the other.
 Results: benchmarks/results/serve-*.json.
@@ -13,6 +13,7 @@ Results: benchmarks/results/serve-*.json.
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import re
@@ -22,6 +23,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -92,16 +94,24 @@ def load(url: str, texts: list[str], clients: int, seconds: float) -> dict[str, 
     lock = threading.Lock()
     stop = time.perf_counter() + seconds
 
+    where = urllib.parse.urlsplit(url)
+
     def client(k: int) -> None:
+        """One HTTP/1.1 connection kept open, as session-based clients (requests.Session, httpx,
+        huggingface_hub's InferenceClient) use one."""
         i, mine = k, []
+        connection = http.client.HTTPConnection(where.hostname, where.port, timeout=60)
         while time.perf_counter() < stop:
             body = json.dumps({"inputs": texts[i % len(texts)]}).encode()
-            request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
             t = time.perf_counter()
-            with urllib.request.urlopen(request, timeout=60) as response:
-                response.read()
+            connection.request("POST", where.path or "/", body, {"Content-Type": "application/json"})
+            response = connection.getresponse()
+            response.read()
+            if response.status != 200:
+                raise SystemExit(f"the server answered {response.status}")
             mine.append(time.perf_counter() - t)
             i += clients
+        connection.close()
         with lock:
             latencies.extend(mine)
 
