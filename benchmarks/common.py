@@ -248,6 +248,37 @@ def add_to_pretrain(callback: Any) -> None:
     training.MLMTrainer = WithCallback
 
 
+def whole_process(commands: dict[str, list[str]], lines: int, repeats: int, out: Path) -> dict[str, tuple[float, float]]:
+    """Median (wall seconds, peak RSS MB) of each command run as a fresh process, in turn, `repeats` times; each
+    writes one result line per input line to `out` (checked)."""
+    import subprocess
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    walls: dict[str, list[float]] = {name: [] for name in commands}
+    peaks: dict[str, list[float]] = {name: [] for name in commands}
+    for _ in range(repeats):
+        for name, command in commands.items():
+            start = time.perf_counter()
+            with open(out, "w") as sink:
+                done = subprocess.run(["/usr/bin/time", "-f", "%M", *command], env=env, stdout=sink,
+                                      stderr=subprocess.PIPE, text=True)
+            walls[name].append(time.perf_counter() - start)
+            if done.returncode != 0:
+                raise SystemExit(f"{name} failed:\n{done.stderr[-2000:]}")
+            peaks[name].append(int(done.stderr.strip().splitlines()[-1]) / 1024)
+            written = out.read_text(encoding="utf-8").count("\n")
+            if written != lines:
+                raise SystemExit(f"{name} wrote {written} results for {lines} inputs")
+    return {name: (statistics.median(walls[name]), statistics.median(peaks[name])) for name in commands}
+
+
+def print_whole_process(title: str, results: dict[str, tuple[float, float]]) -> None:
+    print(f"\n{title:<40} {'wall s':>12} {'speed-up':>16} {'peak RSS MB':>12}")
+    base = next(iter(results.values()))[0]
+    for name, (wall, peak) in results.items():
+        print(f"{name:<40} {wall:>12.2f} {base / wall:>15.2f}x {peak:>12,.0f}")
+
+
 def in_fresh_process(fn: Callable[..., Any], *args: Any) -> Any:
     """fn(*args) in a new spawned process (nothing imported or cached in memory beforehand); returns its result.
 

@@ -31,6 +31,9 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
@@ -133,34 +136,6 @@ with open(sys.argv[2], encoding="utf-8") as f:
 """
 
 
-def whole_process(model: str, texts: list[str], repeats: int, folder: Path) -> dict[str, tuple[float, float]]:
-    """Median (wall seconds, peak RSS MB) of a fresh process answering every line of a file, JSON to a file."""
-    inputs = folder / "inputs.txt"
-    inputs.write_text("\n".join(texts) + "\n", encoding="utf-8")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    commands = {
-        "python script: pipeline per line": [sys.executable, "-c", WHOLE_SCRIPT, model, str(inputs)],
-        "llmkit fill-mask --input-file F --json": [sys.executable, "-m", "llmkit", "fill-mask", model,
-                                                   "--input-file", str(inputs), "--json", "--device", "cpu"],
-    }
-    walls: dict[str, list[float]] = {name: [] for name in commands}
-    peaks: dict[str, list[float]] = {name: [] for name in commands}
-    for _ in range(repeats):
-        for name, command in commands.items():
-            start = time.perf_counter()
-            with open(folder / "out.jsonl", "w") as out:
-                done = subprocess.run(["/usr/bin/time", "-f", "%M", *command], env=env, stdout=out,
-                                      stderr=subprocess.PIPE, text=True)
-            walls[name].append(time.perf_counter() - start)
-            if done.returncode != 0:
-                raise SystemExit(f"{name} failed:\n{done.stderr[-2000:]}")
-            peaks[name].append(int(done.stderr.strip().splitlines()[-1]) / 1024)
-            lines = (folder / "out.jsonl").read_text(encoding="utf-8").count("\n")
-            if lines != len(texts):
-                raise SystemExit(f"{name} wrote {lines} results for {len(texts)} inputs")
-    return {name: (statistics.median(walls[name]), statistics.median(peaks[name])) for name in commands}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", help="masked-LM folder (e.g. an llmkit pretrain run); default: a mini BERT "
@@ -213,7 +188,15 @@ def main() -> None:
         cold = cold_start(model, repeats)
 
         # 3. a whole file, each side in a fresh process
-        whole = whole_process(model, masked_sentences(args.whole, seed=1), repeats, Path(tmp)) if args.whole else {}
+        whole = {}
+        if args.whole:
+            inputs = Path(tmp) / "inputs.txt"
+            inputs.write_text("\n".join(masked_sentences(args.whole, seed=1)) + "\n", encoding="utf-8")
+            whole = common.whole_process({
+                "python script: pipeline per line": [sys.executable, "-c", WHOLE_SCRIPT, model, str(inputs)],
+                "llmkit fill-mask --input-file F --json": [sys.executable, "-m", "llmkit", "fill-mask", model,
+                                                           "--input-file", str(inputs), "--json", "--device", "cpu"],
+            }, args.whole, repeats, Path(tmp) / "out.jsonl")
 
     base = rows[0][1]
     print(f"\nfill-mask benchmark: {shape['architecture']} {shape['layers']}x{shape['hidden_size']}, vocabulary "
@@ -229,10 +212,7 @@ def main() -> None:
     print(f"{pipe_name:<40} {pipe_s:>12.2f} {1.0:>15.2f}x")
     print(f"{ours_name:<40} {ours_s:>12.2f} {ours_s / pipe_s:>15.2f}x")
     if whole:
-        print(f"\n{f'whole process, {args.whole:,} sentences':<40} {'wall s':>12} {'speed-up':>16} {'peak RSS MB':>12}")
-        (base_name, (base_s, _)), *_ = whole.items()
-        for name, (wall, peak) in whole.items():
-            print(f"{name:<40} {wall:>12.2f} {base_s / wall:>15.2f}x {peak:>12,.0f}")
+        common.print_whole_process(f"whole process, {args.whole:,} sentences", whole)
 
 
 if __name__ == "__main__":

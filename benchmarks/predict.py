@@ -6,7 +6,9 @@
 1. throughput with the model loaded: the pipeline called once per text (and on the whole list with batch_size, for
    reference) against `llmkit.inference.classify` in fp32 and in bf16 autocast, with the share of texts whose top
    label matches the pipeline's; interleaved, medians;
-2. cold start: one prediction from a fresh process, `llmkit predict MODEL "..."` against a plain pipeline script.
+2. cold start: one prediction from a fresh process, `llmkit predict MODEL "..."` against a plain pipeline script;
+3. whole process on a file of 3,000 texts (`--whole N`): `llmkit predict MODEL --input-file F --json` against a
+   plain script calling the pipeline per line and printing JSON: wall time and peak RSS.
 The classifier is the real MiniLM encoder with a new (untrained) 8-label head: speed does not depend on training.
 """
 
@@ -24,6 +26,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 COLD_TEXT = "The function returns a list of the values."
+WHOLE_SCRIPT = """import json, sys
+from transformers import pipeline
+pipe = pipeline("text-classification", model=sys.argv[1], device="cpu")
+with open(sys.argv[2], encoding="utf-8") as f:
+    for line in f:
+        if line.strip():
+            print(json.dumps(pipe(line.rstrip("\\n")), ensure_ascii=False))
+"""
 
 
 def build_classifier(folder: Path) -> str:
@@ -46,6 +56,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--n", type=int, default=1000)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--whole", type=int, default=3000, help="texts in the whole-process file (0: skip)")
     p.add_argument("--quick", action="store_true")
     a = p.parse_args()
     n, repeats = (200, 2) if a.quick else (a.n, a.repeats)
@@ -95,7 +106,18 @@ def main() -> None:
         print(f"\n{'cold start (one prediction, new process)':44} {'wall s':>10} {'vs pipeline':>12}")
         for name, w in walls.items():
             print(f"{name:44} {statistics.median(w):10.2f} {statistics.median(w) / base_s:11.2f}x")
-        common.write_results("predict", {"times": times, "cold": walls, "n": n})
+        whole = {}
+        if a.whole:
+            inputs = Path(tmp) / "inputs.txt"
+            inputs.write_text("\n".join(t.replace("[MASK]", "value") for t in masked_sentences(a.whole, seed=1))
+                              + "\n", encoding="utf-8")
+            whole = common.whole_process({
+                "python script: pipeline per line": [sys.executable, "-c", WHOLE_SCRIPT, model, str(inputs)],
+                "llmkit predict --input-file F --json": [sys.executable, "-m", "llmkit", "predict", model,
+                                                         "--input-file", str(inputs), "--json", "--device", "cpu"],
+            }, a.whole, repeats, Path(tmp) / "out.jsonl")
+            common.print_whole_process(f"whole process, {a.whole:,} texts", whole)
+        common.write_results("predict", {"times": times, "cold": walls, "whole": whole, "n": n})
 
 
 if __name__ == "__main__":

@@ -46,10 +46,11 @@ def unsupported(name: str | Path, task: str = "fill-mask") -> str | None:
         tokenizer_config = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
         return f"unreadable config ({type(e).__name__})"
-    why = _config_problem(config, task) or _tokenizer_problem(folder, tokenizer_config)
-    if why:
-        return why
-    return _weights_problem(folder, config)
+    try:
+        return _config_problem(config, task) or _tokenizer_problem(folder, tokenizer_config) or \
+            _weights_problem(folder, config)
+    except Exception as e:  # noqa: BLE001 - whatever does not fit here loads through transformers, which explains
+        return f"not readable here ({type(e).__name__}: {e})"
 
 
 def _config_problem(c: Any, task: str) -> str | None:
@@ -146,9 +147,12 @@ def read_config(folder: str | Path) -> Any:
     if isinstance(raw.get("id2label"), dict):  # JSON keys are strings; transformers' config gives ints
         raw["id2label"] = {int(k): v for k, v in raw["id2label"].items()}
     raw.setdefault("problem_type", None)
-    defaults = {"bert": dict(type_vocab_size=2, layer_norm_eps=1e-12, hidden_act="gelu", max_position_embeddings=512),
-                "modernbert": dict(norm_eps=1e-5, norm_bias=False, attention_bias=False, mlp_bias=False,
-                                   classifier_bias=False, decoder_bias=True, hidden_activation="gelu",
+    defaults = {"bert": dict(vocab_size=30522, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                             intermediate_size=3072, type_vocab_size=2, layer_norm_eps=1e-12, hidden_act="gelu",
+                             max_position_embeddings=512),
+                "modernbert": dict(vocab_size=50368, hidden_size=768, num_hidden_layers=22, num_attention_heads=12,
+                                   intermediate_size=1152, norm_eps=1e-5, norm_bias=False, attention_bias=False,
+                                   mlp_bias=False, classifier_bias=False, decoder_bias=True, hidden_activation="gelu",
                                    classifier_activation="gelu", local_attention=128, max_position_embeddings=8192)}
     config = Config(**{**defaults.get(raw.get("model_type"), {}), "tie_word_embeddings": True, **raw})
     config.num_labels = len(getattr(config, "id2label", None) or {0: 0, 1: 1})  # transformers: 2 without labels
