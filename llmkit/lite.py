@@ -246,6 +246,33 @@ class Tokenizer:
         decoder = self.backend_tokenizer.decoder
         return decoder.decode(tokens) if decoder is not None else " ".join(tokens)
 
+    def __call__(self, text: str | list[str], text_pair: str | list[str] | None = None, add_special_tokens: bool = True,
+                 truncation: bool = False, max_length: int | None = None, **_: Any) -> dict[str, Any]:
+        """input_ids, (token_type_ids,) attention_mask as lists, like a fast tokenizer's call without padding."""
+        single = isinstance(text, str)
+        texts, pairs = ([text], [text_pair] if text_pair is not None else None) if single else (text, text_pair)
+        backend = self.backend_tokenizer
+        if truncation:
+            from llmkit import inference
+
+            backend = inference.backend(self, max_length or self.model_max_length)
+        inputs = list(zip(texts, pairs)) if pairs is not None else list(texts)
+        encodings = backend.encode_batch(inputs, add_special_tokens=add_special_tokens)
+        out = {"input_ids": [e.ids for e in encodings]}
+        if "token_type_ids" in self.model_input_names:
+            out["token_type_ids"] = [e.type_ids for e in encodings]
+        out["attention_mask"] = [e.attention_mask for e in encodings]
+        return {k: v[0] for k, v in out.items()} if single else out
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = False) -> str:
+        return self.batch_decode([ids], skip_special_tokens)[0]
+
+    def batch_decode(self, sequences: list[list[int]], skip_special_tokens: bool = False) -> list[str]:
+        texts = self.backend_tokenizer.decode_batch(sequences, skip_special_tokens=skip_special_tokens)
+        bpe = type(self.backend_tokenizer.model).__name__ == "BPE"
+        return [self.clean_up_tokenization(t) for t in texts] if self.clean_up_tokenization_spaces and not bpe \
+            else texts
+
     @staticmethod
     def clean_up_tokenization(text: str) -> str:
         for before, after in ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"),

@@ -121,6 +121,14 @@ def test_same_tokenizer_as_transformers(checkpoint):
     assert ours.convert_tokens_to_string(pieces[5:40]) == theirs.convert_tokens_to_string(pieces[5:40])
     text = "hello , world . it 's a test ! "
     assert ours.clean_up_tokenization(text) == theirs.clean_up_tokenization(text)
+    texts, pairs = ["alpha beta [MASK] 中文", " ".join(toy_corpus(20))], ["gamma", "delta é"]
+    for kwargs in ({}, {"truncation": True, "max_length": 24}):
+        assert ours(texts, pairs, **kwargs) == {k: v for k, v in theirs(texts, pairs, **kwargs).items()}
+        assert ours(texts[0], **kwargs) == {k: v for k, v in theirs(texts[0], **kwargs).items()}
+    ids = theirs(texts)["input_ids"]
+    for skip in (False, True):
+        assert ours.batch_decode(ids, skip_special_tokens=skip) == theirs.batch_decode(ids, skip_special_tokens=skip)
+        assert ours.decode(ids[0], skip_special_tokens=skip) == theirs.decode(ids[0], skip_special_tokens=skip)
 
 
 def test_same_predictions_as_the_transformers_path(checkpoint):
