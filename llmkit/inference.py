@@ -4,10 +4,12 @@ One path for `llmkit fill-mask`, `llmkit predict`, fine-tuning's evaluation pred
 
 - `load(name, task)`: the checkpoint's tokenizer and model, weights in fp32 whatever dtype they were saved in,
   on the chosen device, in eval mode; the precision decided once (`devices.precision`: bf16 autocast where the
-  hardware has it, else fp32; fp16 on CUDA when asked). A local BERT or ModernBERT masked-LM is read by
-  `llmkit.lite` (the same model and tokenizer, without importing transformers: a cold start in half the time);
-  everything else by transformers;
-- `by_length`: batches of similar length, longest first (little padding; an out-of-memory error comes early);
+  hardware has it, else fp32; fp16 on CUDA when asked). A local BERT or ModernBERT masked-LM or classifier is
+  read by `llmkit.lite` (the same model and tokenizer without importing transformers: a cold start in ~0.4x the
+  time); everything else by transformers;
+- `by_length`: batches of similar length, longest first, bounded in texts and padded tokens (little padding; an
+  out-of-memory error comes early);
+- `tokenize` / `pad` / `backend`: encodings straight from a fast tokenizer's Rust pipeline, and padded batches;
 - `classify` / `interpret`: classification logits in input order, and label names with scores;
 - `text_batches`: texts from arguments, a file or stdin, one per line, in bounded batches as they arrive.
 """
