@@ -4,8 +4,10 @@ A cold `llmkit fill-mask` on a small model spends most of its time importing tra
 it pulls in torch.distributed.tensor, torch._dynamo and scipy), more than loading the weights and predicting.
 For the two families llmkit trains, a local checkpoint as transformers 5 saves it (safetensors weights and a
 tokenizer.json written with `"backend": "tokenizers"`) is read here directly: the same weights, the same tokenizer
-(the `tokenizers` pipeline transformers itself runs), the same arithmetic, operation for operation: the
-masked-LM (fill-mask) and the sequence classifier (predict) of each family. tests/test_lite.py holds this path and
+(the `tokenizers` pipeline transformers itself runs), the same computation at every position: the masked-LM
+(fill-mask) and the sequence classifier (predict) of each family. Two things differ in how, not what: the masked-LM's
+last layer runs its feed-forward part only where logits are asked for, and the rotary step is written in fewer
+passes. tests/test_lite.py holds this path and
 transformers' to the same logits (1e-5 in fp32), encodings and predictions, for each option handled here.
 
 Anything else loads through transformers, with a reason (`unsupported`): another family or head, a config option
