@@ -30,29 +30,33 @@ def save(folder, model, tokenizer):
     return folder
 
 
-def bert(folder, tokenizer, **options):
+def bert(folder, tokenizer, head="BertForMaskedLM", **options):
+    """A tiny random BERT with transformers' `head` class (2 x 32), saved with the tokenizer."""
     import torch
-    from transformers import BertConfig, BertForMaskedLM
+    import transformers
 
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=128, pad_token_id=tokenizer.pad_token_id,
-                        **options)
-    return save(folder, BertForMaskedLM(config), tokenizer)
+    config = transformers.BertConfig(**{**dict(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2,
+                                                num_attention_heads=2, intermediate_size=64,
+                                                max_position_embeddings=128, pad_token_id=tokenizer.pad_token_id),
+                                         **options})
+    return save(folder, getattr(transformers, head)(config), tokenizer)
 
 
-def modernbert(folder, tokenizer, **options):
+def modernbert(folder, tokenizer, head="ModernBertForMaskedLM", **options):
+    """A tiny random ModernBERT with transformers' `head` class (4 x 32), norms and biases moved away from their
+    1/0 initialisation so that a wrongly placed one shows; saved with the tokenizer."""
     import torch
-    from transformers import ModernBertConfig, ModernBertForMaskedLM
+    import transformers
 
     torch.manual_seed(0)
-    ids = dict(pad_token_id=tokenizer.pad_token_id, cls_token_id=tokenizer.cls_token_id,
-               sep_token_id=tokenizer.sep_token_id, bos_token_id=tokenizer.cls_token_id,
-               eos_token_id=tokenizer.sep_token_id)
-    config = ModernBertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=4, num_attention_heads=2,
-                              intermediate_size=48, max_position_embeddings=256, **ids, **options)
-    model = ModernBertForMaskedLM(config)
-    with torch.no_grad():  # norms and biases away from their 1/0 init, so a wrongly placed one shows
+    config = transformers.ModernBertConfig(**{**dict(
+        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=48,
+        max_position_embeddings=256, pad_token_id=tokenizer.pad_token_id, cls_token_id=tokenizer.cls_token_id,
+        sep_token_id=tokenizer.sep_token_id, bos_token_id=tokenizer.cls_token_id,
+        eos_token_id=tokenizer.sep_token_id), **options})
+    model = getattr(transformers, head)(config)
+    with torch.no_grad():
         for name, p in model.named_parameters():
             if "norm" in name or name.endswith("bias"):
                 p.add_(torch.randn_like(p) * 0.2)
@@ -207,32 +211,12 @@ LABELS = {"id2label": {0: "neg", 1: "pos", 2: "mixed"}, "label2id": {"neg": 0, "
 
 
 def bert_classifier(folder, tokenizer, **options):
-    import torch
-    from transformers import BertConfig, BertForSequenceClassification
-
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=48, pad_token_id=tokenizer.pad_token_id,
-                        **LABELS, **options)
-    return save(folder, BertForSequenceClassification(config), tokenizer)
+    return bert(folder, tokenizer, "BertForSequenceClassification", max_position_embeddings=48, **LABELS, **options)
 
 
 def modernbert_classifier(folder, tokenizer, **options):
-    import torch
-    from transformers import ModernBertConfig, ModernBertForSequenceClassification
-
-    torch.manual_seed(0)
-    config = ModernBertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=3, num_attention_heads=2,
-                              intermediate_size=48, max_position_embeddings=48, local_attention=8,
-                              pad_token_id=tokenizer.pad_token_id, cls_token_id=tokenizer.cls_token_id,
-                              sep_token_id=tokenizer.sep_token_id, bos_token_id=tokenizer.cls_token_id,
-                              eos_token_id=tokenizer.sep_token_id, **LABELS, **options)
-    model = ModernBertForSequenceClassification(config)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" in name or name.endswith("bias"):
-                p.add_(torch.randn_like(p) * 0.2)
-    return save(folder, model, tokenizer)
+    return modernbert(folder, tokenizer, "ModernBertForSequenceClassification", num_hidden_layers=3,
+                      max_position_embeddings=48, local_attention=8, **LABELS, **options)
 
 
 CLASSIFIERS = {
