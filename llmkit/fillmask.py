@@ -422,21 +422,16 @@ def _records(batch: list[Encoded], scores: list[list[float]], choices: list[list
     """The result records of a batch (schema in the module docstring; spans and "filled" come later)."""
     special = set(tokenizer.all_special_ids)
     tokens = sorted({t for row in choices for t in row} | {t for ids, _ in best for t in ids})
-    text = dict(zip(tokens, decode(tokenizer, [[t] for t in tokens])))  # as the pipeline decodes token_str
+    text = dict(zip(tokens, inference.decode(tokenizer, [[t] for t in tokens])))  # as the pipeline decodes token_str
     results, sequences, flat = [], {}, 0  # sequences: token ids -> their place in one decode call
     order = []  # per record: the key of each candidate's sequence, then the best filling's
     for row, e in enumerate(batch):
         masks, keys = [], []
-        open_masks = set(e.masks)
-        kept = [p for p, t in enumerate(e.ids) if t not in special or p in open_masks]
-        base = [e.ids[p] for p in kept]
         for position in e.masks:
-            at = kept.index(position)
-            before, after = tuple(base[:at]), tuple(base[at + 1:])
             candidates = [{"token": text[token], "token_id": token, "score": score, "sequence": None}
                           for score, token in zip(scores[flat], choices[flat])]
             for token in choices[flat]:  # the text with this mask filled, the others left open
-                key = before + ((token,) if token not in special else ()) + after
+                key = tuple(_filled(e.ids, {position: token}, e.masks, special))
                 keys.append(sequences.setdefault(key, len(sequences)))
             masks.append({"position": position, "start": None, "end": None, "candidates": candidates})
             flat += 1
@@ -446,7 +441,7 @@ def _records(batch: list[Encoded], scores: list[list[float]], choices: list[list
         order.append(keys)
         results.append({"masks": masks, "best": {"tokens": [text[t] for t in ids], "token_ids": list(ids),
                                                  "score": score, "sequence": None}})
-    decoded = decode(tokenizer, [list(key) for key in sequences])
+    decoded = inference.decode(tokenizer, [list(key) for key in sequences])
     for result, keys in zip(results, order):
         places = iter(keys)
         for mask in result["masks"]:
@@ -454,19 +449,6 @@ def _records(batch: list[Encoded], scores: list[list[float]], choices: list[list
                 candidate["sequence"] = decoded[next(places)]
         result["best"]["sequence"] = decoded[next(places)]
     return results
-
-
-def decode(tokenizer: Any, sequences: list[list[int]]) -> list[str]:
-    """`tokenizer.batch_decode(sequences)`, for a fast tokenizer straight through its Rust decoder (the per-id
-    Python checks of batch_decode cost more than the decoding), then its clean-up as `decode` applies it."""
-    if not getattr(tokenizer, "is_fast", False):
-        return tokenizer.batch_decode(sequences, skip_special_tokens=False)
-    texts = tokenizer.backend_tokenizer.decode_batch(sequences, skip_special_tokens=False)
-    bpe = type(tokenizer.backend_tokenizer.model).__name__ == "BPE"
-    if tokenizer.clean_up_tokenization_spaces and (not bpe or getattr(
-            tokenizer, "clean_up_tokenization_spaces_for_bpe_even_though_it_will_corrupt_output", False)):
-        texts = [tokenizer.clean_up_tokenization(t) for t in texts]
-    return texts
 
 
 def _filled(ids: list[int], fills: dict[int, int], masks: list[int], special: set[int]) -> list[int]:

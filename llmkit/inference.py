@@ -9,7 +9,8 @@ One path for `llmkit fill-mask`, `llmkit predict`, fine-tuning's evaluation pred
   time); everything else by transformers;
 - `by_length`: batches of similar length, longest first, bounded in texts and padded tokens (little padding; an
   out-of-memory error comes early);
-- `tokenize` / `pad` / `backend`: encodings straight from a fast tokenizer's Rust pipeline, and padded batches;
+- `tokenize` / `pad` / `decode` / `backend`: encodings and decodings straight through a fast tokenizer's Rust
+  pipeline, and padded batches;
 - `classify` / `interpret`: classification logits in input order, and label names with scores;
 - `text_batches`: texts from arguments, a file or stdin, one per line, in bounded batches as they arrive.
 """
@@ -66,9 +67,7 @@ class Loaded:
 def load(name: str | Path, task: str, device: str | None = None, precision: str = "auto",
          trust_remote_code: bool = False, tokenizer: Any = None, config: Any = None) -> Loaded:
     """Load a checkpoint (a path, a run directory or a hub name) for `task`: fill-mask or text-classification."""
-    from llmkit import modeling
-
-    from llmkit import lite
+    from llmkit import lite, modeling
 
     name = str(name)
     devices.check_precision(precision)
@@ -206,12 +205,29 @@ def backend(tokenizer: Any, truncate_to: int | None = None) -> Any:
     return copies[truncate_to]
 
 
+def decode(tokenizer: Any, sequences: list[list[int]], skip_special_tokens: bool = False) -> list[str]:
+    """`tokenizer.batch_decode(sequences)`, for a fast tokenizer straight through its Rust decoder (the per-id
+    Python checks of batch_decode cost more than the decoding), then its clean-up as `decode` applies it."""
+    if not getattr(tokenizer, "is_fast", False):
+        return tokenizer.batch_decode(sequences, skip_special_tokens=skip_special_tokens)
+    texts = tokenizer.backend_tokenizer.decode_batch(sequences, skip_special_tokens=skip_special_tokens)
+    bpe = type(tokenizer.backend_tokenizer.model).__name__ == "BPE"
+    if tokenizer.clean_up_tokenization_spaces and (not bpe or getattr(
+            tokenizer, "clean_up_tokenization_spaces_for_bpe_even_though_it_will_corrupt_output", False)):
+        texts = [tokenizer.clean_up_tokenization(t) for t in texts]
+    return texts
+
+
+PAD_MULTIPLE = 8  # padded lengths are rounded up to this: fewer distinct shapes, smaller kernel caches
+
+
 def pad(ids: Sequence[Sequence[int]], types: Sequence[Sequence[int]] | None, pad_id: int | None,
         device: Any) -> dict[str, Any]:
-    """Model inputs for a batch, right-padded to its longest row (as `tokenizer.pad` does), on `device`."""
+    """Model inputs for a batch, right-padded (as `tokenizer.pad` pads) to its longest row rounded up to
+    PAD_MULTIPLE, on `device`."""
     import torch
 
-    length = -(-max(len(row) for row in ids) // MULTIPLE) * MULTIPLE
+    length = -(-max(len(row) for row in ids) // PAD_MULTIPLE) * PAD_MULTIPLE
     padded = np.full((len(ids), length), pad_id if pad_id is not None else 0, dtype=np.int64)
     attention = np.zeros((len(ids), length), dtype=np.int64)
     for r, row in enumerate(ids):
@@ -308,8 +324,3 @@ def _decode_line(raw: bytes, offset: int, where: str) -> str:
         return raw.decode("utf-8").rstrip("\r").lstrip("\ufeff") if offset == 0 else raw.decode("utf-8").rstrip("\r")
     except UnicodeDecodeError as e:
         raise DataError(f"Input {where} is not UTF-8 text ({e.reason} at byte {offset + e.start}).") from None
-
-
-
-
-MULTIPLE = 8

@@ -163,7 +163,6 @@ def read_config(folder: str | Path) -> Any:
 
 def load_model(folder: str | Path, config: Any) -> Any:
     """The model of a folder that `unsupported` accepted for its task, weights in fp32, in eval mode."""
-    import torch
     from safetensors.torch import load_file
 
     ignored = _ignored(config)
@@ -270,10 +269,9 @@ class Tokenizer:
         return self.batch_decode([ids], skip_special_tokens)[0]
 
     def batch_decode(self, sequences: list[list[int]], skip_special_tokens: bool = False) -> list[str]:
-        texts = self.backend_tokenizer.decode_batch(sequences, skip_special_tokens=skip_special_tokens)
-        bpe = type(self.backend_tokenizer.model).__name__ == "BPE"
-        return [self.clean_up_tokenization(t) for t in texts] if self.clean_up_tokenization_spaces and not bpe \
-            else texts
+        from llmkit import inference
+
+        return inference.decode(self, sequences, skip_special_tokens)
 
     @staticmethod
     def clean_up_tokenization(text: str) -> str:
