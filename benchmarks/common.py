@@ -248,6 +248,19 @@ def add_to_pretrain(callback: Any) -> None:
     training.MLMTrainer = WithCallback
 
 
+def interleaved(jobs: dict[str, Callable[[], Any]], repeats: int) -> tuple[dict[str, list[float]], dict[str, Any]]:
+    """(seconds of each run, last result) per job, running the jobs in turn each round so a busy machine slows
+    them all alike."""
+    times: dict[str, list[float]] = {name: [] for name in jobs}
+    results: dict[str, Any] = {}
+    for _ in range(repeats):
+        for name, job in jobs.items():
+            start = time.perf_counter()
+            results[name] = job()
+            times[name].append(time.perf_counter() - start)
+    return times, results
+
+
 def whole_process(commands: dict[str, list[str]], lines: int, repeats: int, out: Path) -> dict[str, tuple[float, float]]:
     """Median (wall seconds, peak RSS MB) of each command run as a fresh process, in turn, `repeats` times; each
     writes one result line per input line to `out` (checked)."""

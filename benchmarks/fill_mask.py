@@ -28,7 +28,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -78,14 +77,8 @@ def masked_sentences(n: int, seed: int = 0) -> list[str]:
 
 
 def interleaved_medians(jobs: dict[str, callable], repeats: int) -> tuple[dict[str, float], dict[str, object]]:
-    """Median seconds per job, running the jobs in turn each round so a busy machine slows them all alike."""
-    times: dict[str, list[float]] = {name: [] for name in jobs}
-    results: dict[str, object] = {}
-    for _ in range(repeats):
-        for name, job in jobs.items():
-            start = time.perf_counter()
-            results[name] = job()
-            times[name].append(time.perf_counter() - start)
+    """Median seconds per job, running the jobs in turn each round (`common.interleaved`)."""
+    times, results = common.interleaved(jobs, repeats)
     return {name: statistics.median(t) for name, t in times.items()}, results
 
 

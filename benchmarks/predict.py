@@ -19,7 +19,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -75,13 +74,7 @@ def main() -> None:
         for precision, classifier in loaded.items():
             jobs[f"llmkit predict {precision}"] = (lambda c: lambda: inference.interpret(
                 c.problem_type, inference.classify(c, texts), c.label_names))(classifier)
-        times: dict[str, list[float]] = {k: [] for k in jobs}
-        outputs = {}
-        for _ in range(repeats):
-            for name, job in jobs.items():
-                start = time.perf_counter()
-                outputs[name] = job()
-                times[name].append(time.perf_counter() - start)
+        times, outputs = common.interleaved(jobs, repeats)
         reference = [r[0]["label"] if isinstance(r, list) else r["label"]
                      for r in outputs['pipeline("text-classification") per text']]
         base = n / statistics.median(times['pipeline("text-classification") per text'])
@@ -96,12 +89,8 @@ def main() -> None:
         cold = {"plain pipeline script": [sys.executable, "-c", "import sys\nfrom transformers import pipeline\n"
                                           f"print(pipeline('text-classification', model={model!r})({COLD_TEXT!r}))"],
                 "llmkit predict MODEL text": [sys.executable, "-m", "llmkit", "predict", model, COLD_TEXT]}
-        walls: dict[str, list[float]] = {k: [] for k in cold}
-        for _ in range(repeats):
-            for name, command in cold.items():
-                start = time.perf_counter()
-                subprocess.run(command, capture_output=True, check=True)
-                walls[name].append(time.perf_counter() - start)
+        walls, _ = common.interleaved({name: (lambda c: lambda: subprocess.run(c, capture_output=True, check=True))(
+            command) for name, command in cold.items()}, repeats)
         base_s = statistics.median(walls["plain pipeline script"])
         print(f"\n{'cold start (one prediction, new process)':44} {'wall s':>10} {'vs pipeline':>12}")
         for name, w in walls.items():
