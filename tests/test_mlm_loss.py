@@ -142,6 +142,32 @@ def test_loss_normalised_by_num_items_in_batch_is_the_accumulated_token_mean(tmp
     assert over_more == pytest.approx(mean / 3, rel=1e-6)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_chunked_cross_entropy_gives_plain_cross_entropy_loss_and_gradient(dtype):
+    """Several chunks of rows (V = 9,000: 58 rows a chunk), padded rows (-100), a scaled backward pass."""
+    g = torch.Generator().manual_seed(3)
+    rows, vocab = 150, 9000
+    assert training.SummedCrossEntropy.chunk_rows(torch.empty(1, vocab)) < rows / 2
+    x = (torch.randn(rows, vocab, generator=g) * 4).to(dtype)
+    labels = torch.randint(0, vocab, (rows,), generator=g)
+    labels[[0, 57, 58, 149]] = -100
+
+    results = []
+    for loss_of in (lambda z: F.cross_entropy(z.float(), labels, reduction="sum"),
+                    lambda z: training.SummedCrossEntropy.apply(z, labels)):
+        z = x.clone().requires_grad_()
+        loss = loss_of(z)
+        (loss / 77).backward()
+        results.append((loss.item(), z.grad))
+    (expected, expected_grad), (loss, grad) = results
+    assert loss == pytest.approx(expected, rel=1e-6)
+    assert grad.dtype == dtype and not grad[[0, 57, 58, 149]].any()
+    torch.testing.assert_close(grad.float(), expected_grad.float(), rtol=1e-5 if dtype == torch.float32 else 8e-3,
+                               atol=1e-10)  # fp32: rounding of the softmax; bf16: at most one bf16 rounding step
+    if dtype == torch.bfloat16:  # after rounding to bf16, nearly all are the same bits
+        assert grad.eq(expected_grad).float().mean() > 0.999
+
+
 # ---------------------------------------------------------------- gradient accumulation
 
 
