@@ -115,6 +115,7 @@ def main(argv: list[str] | None = None) -> None:
 
     # 2. the machine's peak matmul FLOP/s (before training; measured again after, the best is kept)
     peak = measure_peak({})
+    gemms = measure_gemms(setup)
 
     # 3. training, all variants taking turns step by step
     results_dir = WORK / "runs"
@@ -125,9 +126,10 @@ def main(argv: list[str] | None = None) -> None:
     common.run_ring([(v, train_variant, (v, setup, str(results_dir))) for v in variants])
     runs = {v: json.loads((results_dir / f"{v}.json").read_text()) for v in variants}
     peak = measure_peak(peak)
+    gemms = measure_gemms(setup, gemms)
 
     # 4. report
-    report = summarise(runs, setup, peak, opts, host, time.time() - started)
+    report = summarise(runs, setup, peak, gemms, opts, host, time.time() - started)
     path = common.write_results("pretrain" + ("-quick" if a.quick else ""), report)
     print_report(report)
     print(f"\nresults: {path}")
@@ -334,6 +336,46 @@ def evaluate_fixed(model: Any, batches: list[dict[str, Any]]) -> dict[str, float
 # ---------------------------------------------------------------- report
 
 
+def training_gemms(setup: dict[str, Any]) -> list[tuple[int, int, int, int]]:
+    """(batch, m, k, n) of every matmul in one llmkit training step of the mini BERT: each linear layer's forward,
+    input-gradient and weight-gradient products, the attention's batched products and their gradients, and the
+    head on the masked index (padded as llmkit pads it). Their FLOPs are `flops_per_token(True)` per token."""
+    from llmkit.masking import INDEX_MULTIPLE
+
+    layers, hidden = SIZES[SIZE]
+    tokens, ffn, heads = BATCH * SEQ, 4 * hidden, max(1, hidden // 64)
+    masked = -(-round(tokens * setup["labelled_fraction"]) // INDEX_MULTIPLE) * INDEX_MULTIPLE
+    linears = [(tokens, hidden, hidden)] * 4 + [(tokens, hidden, ffn), (tokens, ffn, hidden)]
+    attention = [(BATCH * heads, SEQ, hidden // heads, SEQ), (BATCH * heads, SEQ, SEQ, hidden // heads)]
+    shapes = []
+    for m, k, n in layers * linears + [(masked, hidden, hidden), (masked, hidden, setup["vocab"])]:
+        shapes += [(1, m, k, n), (1, m, n, k), (1, n, m, k)]  # forward, input gradient, weight gradient
+    for b, m, k, n in layers * attention:
+        shapes += [(b, m, k, n), (b, m, n, k), (b, k, m, n)]
+    return shapes
+
+
+def measure_gemms(setup: dict[str, Any], best: dict[str, float] | None = None, repeats: int = 9) -> dict[str, float]:
+    """Seconds that one training step's matmuls (`training_gemms`) take alone, on random matrices, per dtype: the
+    step time the model's own matrix shapes allow if nothing else took any time. Best of before and after."""
+    import torch
+
+    out = dict(best or {})
+    for dtype in ("bfloat16", "float32"):
+        total = 0.0
+        for b, m, k, n in training_gemms(setup):
+            x = torch.randn(b, m, k).to(getattr(torch, dtype))
+            y = torch.randn(b, k, n).to(getattr(torch, dtype))
+            times = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                torch.matmul(x, y)
+                times.append(time.perf_counter() - start)
+            total += statistics.median(times)
+        out[dtype] = min(out.get(dtype, float("inf")), total)
+    return out
+
+
 def flops_per_token(sparse: bool, setup: dict[str, Any]) -> float:
     """Matmul FLOPs of one training token (forward + backward = 3 x forward) of the mini BERT.
 
@@ -345,8 +387,8 @@ def flops_per_token(sparse: bool, setup: dict[str, Any]) -> float:
     return 3 * (encoder + head * (setup["labelled_fraction"] if sparse else 1.0))
 
 
-def summarise(runs: dict[str, Any], setup: dict[str, Any], peak: dict[str, float], opts: dict[str, Any],
-              host: dict[str, Any], wall_s: float) -> dict[str, Any]:
+def summarise(runs: dict[str, Any], setup: dict[str, Any], peak: dict[str, float], gemms: dict[str, float],
+              opts: dict[str, Any], host: dict[str, Any], wall_s: float) -> dict[str, Any]:
     warm = setup["warmup"]
     tokens_per_step = BATCH * SEQ
     reference = common.published_peak() or peak  # a GPU: its data-sheet peak; a CPU: the measured matmul peak
@@ -378,6 +420,8 @@ def summarise(runs: dict[str, Any], setup: dict[str, Any], peak: dict[str, float
             "wall_s": wall_s, "model": {"size": SIZE, "seq": SEQ, "batch": BATCH, **OPTIM},
             "data": {k: v for k, v in setup.items() if not k.endswith(("train", "eval", "tokenizer", "batches"))},
             "training_tokens_each": setup["steps"] * tokens_per_step, "peak_flops": peak,
+            "step_matmuls_alone_s": gemms,
+            "step_matmul_flops": flops_per_token(True, setup) * tokens_per_step,
             "published_peak": common.published_peak(),
             "same_initial_weights_per_seed": same_init, "variants": rows}
 
@@ -409,6 +453,14 @@ def print_report(report: dict[str, Any]) -> None:
                               ("mfu16", "of bf16 peak"), ("mfu32", "of fp32 peak"),
                               ("outside_compute_ms", "data+log ms/step")]))
     print("\n" + "\n".join(f"  {r['variant']}: {r['what']}" for r in report["variants"]))
+    alone, flops = report["step_matmuls_alone_s"], report["step_matmul_flops"]
+    step = next((BATCH * SEQ / r["tokens_per_s"] for r in report["variants"] if r["variant"] == "llmkit"), None)
+    bf16 = report["peak_flops"]["bfloat16"]
+    print(f"  one llmkit step's matmuls alone, at the model's shapes: bf16 {1e3 * alone['bfloat16']:.0f} ms "
+          f"({flops / alone['bfloat16'] / 1e9:,.0f} GFLOP/s, {flops / alone['bfloat16'] / bf16:.0%} of the bf16 peak), "
+          f"fp32 {1e3 * alone['float32']:.0f} ms; the measured step {f'takes {1e3 * step:.0f} ms' if step else 'is not run'}; "
+          f"a step at 40% of the "
+          f"bf16 peak would take {1e3 * flops / (0.4 * bf16):.0f} ms")
     print(f"  variants with the same seed started from identical weights: "
           f"{'yes' if report['same_initial_weights_per_seed'] else 'NO'}")
 
