@@ -61,6 +61,7 @@ VARIANTS: dict[str, tuple[str, Any, str]] = {
     "llmkit-fullhead": ("llmkit", ["mlm.sparse_head=false"], "without the masked-positions head"),
     "llmkit-sdpa": ("llmkit", ["model.attn_implementation=sdpa"], "SDPA attention instead of eager (auto on a CPU)"),
     "llmkit-torchdropout": ("llmkit", ["model.cheap_dropout=false"], "torch's dropout masks instead of llmkit.dropout's"),
+    "llmkit-plainloss": ("llmkit", ["mlm.chunked_loss=false"], "F.cross_entropy on fp32 logits instead of the chunked loss"),
     "llmkit-compile": ("llmkit", ["training.torch_compile=true"], "plus torch.compile (compile time excluded)"),
     "llmkit-seed2": ("llmkit", [f"seed={SEED + 1}"], "another seed (initial weights, data order, masks)"),
     "hf": ("hf", {}, "plain HF, run_mlm.py way: full head, SDPA (HF default), fp32"),
@@ -69,7 +70,8 @@ VARIANTS: dict[str, tuple[str, Any, str]] = {
 }
 QUICK = {"steps": 12, "warmup": 3, "corpus_mb": 2.0, "eval_blocks": 32, "variants": "llmkit,hf"}
 FULL = {"steps": 150, "warmup": 5, "corpus_mb": 5.0, "eval_blocks": 256,
-        "variants": "llmkit,llmkit-fp32,llmkit-fullhead,llmkit-sdpa,llmkit-torchdropout,hf,llmkit-seed2,hf-seed2"}
+        "variants": "llmkit,llmkit-fp32,llmkit-fullhead,llmkit-sdpa,llmkit-torchdropout,llmkit-plainloss,hf,"
+                    "llmkit-seed2,hf-seed2"}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -117,6 +117,7 @@ class MLMConfig:
     random_replace_prob: float = 0.1  # ... by a random token; the rest are kept
     whole_word_mask: bool = False
     sparse_head: bool = True  # run the vocabulary head only at masked positions (same loss, much faster)
+    chunked_loss: bool = True  # cross-entropy a cache-sized chunk of rows at a time (same loss, no fp32 logits)
 
     def problems(self) -> list[str]:
         out = []

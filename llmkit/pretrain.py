@@ -121,7 +121,8 @@ def make_trainer(cfg: RunConfig, args: Any, model: Any, tokenizer: Any, train_bl
     guard = training.StopCallback()
     trainer = training.MLMTrainer(
         model=model, args=args, data_collator=collator, train_dataset=train_blocks, eval_dataset=eval_blocks,
-        processing_class=tokenizer, sparse_head=cfg.mlm.sparse_head, cheap_dropout=cfg.model.cheap_dropout,
+        processing_class=tokenizer, sparse_head=cfg.mlm.sparse_head, chunked_loss=cfg.mlm.chunked_loss,
+        cheap_dropout=cfg.model.cheap_dropout,
         callbacks=[training.LogCallback(effective_batch * cfg.data.max_seq_length), guard,
                    training.MaskingEpochCallback(collator)])
     trainer.remove_callback(transformers.trainer_callback.PrinterCallback)

@@ -247,13 +247,15 @@ class MLMTrainer(SeededTrainer):
 
     The loss is normalised by `num_items_in_batch` (the masked tokens of every micro-batch of the optimizer
     step, over all processes), so gradient accumulation and data parallelism give the same gradients as one
-    big batch. Evaluation reports token-level `eval_loss`, `perplexity` and `masked_accuracy` from per-example
-    sums (no full-vocabulary logits are kept).
+    big batch; it is taken in chunks of rows (`SummedCrossEntropy`) unless `chunked_loss=False`. Evaluation
+    reports token-level `eval_loss`, `perplexity` and `masked_accuracy` from per-example sums (no
+    full-vocabulary logits are kept).
     """
 
-    def __init__(self, *args: Any, sparse_head: bool = True, **kwargs: Any):
+    def __init__(self, *args: Any, sparse_head: bool = True, chunked_loss: bool = True, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.masked_head = MaskedPositionsHead(self.model) if sparse_head else None
+        self.chunked_loss = chunked_loss
         self.model_accepts_loss_kwargs = True  # ask the Trainer for num_items_in_batch
         hf_compat.keep_tied_head_in_root_fsdp_group(self)
 
@@ -267,7 +269,10 @@ class MLMTrainer(SeededTrainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         logits, labels, _ = mlm_logits(model, inputs, self.masked_head)
-        loss = SummedCrossEntropy.apply(logits, labels)
+        if self.chunked_loss:
+            loss = SummedCrossEntropy.apply(logits, labels)
+        else:
+            loss = F.cross_entropy(logits.float(), labels, reduction="sum")
         if num_items_in_batch is None:
             loss = loss / labels.ne(-100).sum().clamp(min=1)
         else:

@@ -168,6 +168,21 @@ def test_chunked_cross_entropy_gives_plain_cross_entropy_loss_and_gradient(dtype
         assert grad.eq(expected_grad).float().mean() > 0.999
 
 
+def test_trainer_loss_is_the_same_with_and_without_chunks(tmp_path):
+    batch = premasked_batch([3, 1, 5, 2, 4, 2])
+    results = []
+    for chunked in (True, False):
+        model = tiny_bert()
+        trainer = training.MLMTrainer(model=model, args=args(tmp_path), chunked_loss=chunked)
+        loss = trainer.compute_loss(model, batch)
+        loss.backward()
+        results.append((loss.item(), grads(model)))
+    (loss_a, grads_a), (loss_b, grads_b) = results
+    assert loss_a == pytest.approx(loss_b, rel=1e-6)
+    for name in grads_a:
+        torch.testing.assert_close(grads_a[name], grads_b[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
 # ---------------------------------------------------------------- gradient accumulation
 
 
