@@ -10,8 +10,8 @@ architecture from the recipe; the same tokenizer, blocks, batch and number of to
 256 (5.47M parameters with an 8,000-token vocabulary) to match BERT-mini (4 x 256, 5.41M): its family is deep and
 narrow. Every `--eval-every` steps each model is scored on the same held-out blocks with the same fixed 15%
 masks (so the two masking rates do not make the numbers incomparable): loss and masked-token accuracy against
-training tokens and against wall time. Then each final model is fine-tuned on the same 8-topic classification set (benchmarks/finetune.py's
-data) and its test accuracy reported. The runs take turns on the machine (one after the other, alternating order
+training tokens and against wall time. Then each final model is fine-tuned on the same 8-topic classification
+set (benchmarks/finetune.py's data) and its test accuracy reported. The runs take turns on the machine (one after the other, alternating order
 is not needed: nothing else runs); results go to benchmarks/results/arch-*.json.
 """
 

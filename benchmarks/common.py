@@ -261,7 +261,38 @@ def interleaved(jobs: dict[str, Callable[[], Any]], repeats: int) -> tuple[dict[
     return times, results
 
 
-def whole_process(commands: dict[str, list[str]], lines: int, repeats: int, out: Path) -> dict[str, tuple[float, float]]:
+def fresh_processes(commands: dict[str, list[str]], repeats: int) -> dict[str, list[float]]:
+    """Wall seconds of each command run as a new process, in turn, `repeats` times (`interleaved`); a command
+    that fails stops the benchmark with its error output."""
+    import subprocess
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+
+    def job(name: str, command: list[str]) -> Callable[[], None]:
+        def run() -> None:
+            done = subprocess.run(command, env=env, capture_output=True, text=True)
+            if done.returncode != 0:
+                raise SystemExit(f"{name} failed:\n{done.stderr[-2000:]}")
+        return run
+
+    times, _ = interleaved({name: job(name, command) for name, command in commands.items()}, repeats)
+    return times
+
+
+def pipeline_script(task: str, call: str = "") -> str:
+    """A plain Python script: `pipeline(task)` of the model argv[1] called on each non-empty line of the file
+    argv[2] (with `call` appended to the call's arguments), one JSON result per line on stdout."""
+    return (f"import json, sys\n"
+            f"from transformers import pipeline\n"
+            f"pipe = pipeline({task!r}, model=sys.argv[1], device='cpu')\n"
+            f"with open(sys.argv[2], encoding='utf-8') as f:\n"
+            f"    for line in f:\n"
+            f"        if line.strip():\n"
+            f"            print(json.dumps(pipe(line.rstrip('\\n'){call}), ensure_ascii=False))\n")
+
+
+def whole_process(commands: dict[str, list[str]], lines: int, repeats: int,
+                  out: Path) -> dict[str, tuple[float, float]]:
     """Median (wall seconds, peak RSS MB) of each command run as a fresh process, in turn, `repeats` times; each
     writes one result line per input line to `out` (checked)."""
     import subprocess

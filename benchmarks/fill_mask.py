@@ -25,7 +25,6 @@ import os
 import random
 import re
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -99,7 +98,6 @@ def agreement(ours: list[dict], reference: list[list[dict]]) -> tuple[float, flo
 
 def cold_start(model: str, repeats: int) -> dict[str, float]:
     """Median wall seconds of one prediction from a new process: a one-line pipeline script versus the CLI."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     script = (f"from transformers import pipeline; "
               f"print(pipeline('fill-mask', model={model!r}, device='cpu')({COLD_TEXT!r}))")
     commands = {
@@ -107,26 +105,10 @@ def cold_start(model: str, repeats: int) -> dict[str, float]:
         "llmkit fill-mask MODEL text": [sys.executable, "-m", "llmkit", "fill-mask", model, COLD_TEXT,
                                         "--device", "cpu"],
     }
-
-    def run(name: str, command: list[str]):
-        def job():
-            done = subprocess.run(command, env=env, capture_output=True, text=True)
-            if done.returncode != 0:
-                raise SystemExit(f"{name} failed:\n{done.stderr}")
-        return job
-
-    medians, _ = interleaved_medians({name: run(name, command) for name, command in commands.items()}, repeats)
-    return medians
+    return {name: statistics.median(t) for name, t in common.fresh_processes(commands, repeats).items()}
 
 
-WHOLE_SCRIPT = """import json, sys
-from transformers import pipeline
-pipe = pipeline("fill-mask", model=sys.argv[1], device="cpu")
-with open(sys.argv[2], encoding="utf-8") as f:
-    for line in f:
-        if line.strip():
-            print(json.dumps(pipe(line.rstrip("\\n"), top_k=5), ensure_ascii=False))
-"""
+WHOLE_SCRIPT = common.pipeline_script("fill-mask", ", top_k=5")
 
 
 def main() -> None:

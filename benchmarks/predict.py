@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -25,14 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 COLD_TEXT = "The function returns a list of the values."
-WHOLE_SCRIPT = """import json, sys
-from transformers import pipeline
-pipe = pipeline("text-classification", model=sys.argv[1], device="cpu")
-with open(sys.argv[2], encoding="utf-8") as f:
-    for line in f:
-        if line.strip():
-            print(json.dumps(pipe(line.rstrip("\\n")), ensure_ascii=False))
-"""
+WHOLE_SCRIPT = common.pipeline_script("text-classification")
 
 
 def build_classifier(folder: Path) -> str:
@@ -89,8 +81,7 @@ def main() -> None:
         cold = {"plain pipeline script": [sys.executable, "-c", "import sys\nfrom transformers import pipeline\n"
                                           f"print(pipeline('text-classification', model={model!r})({COLD_TEXT!r}))"],
                 "llmkit predict MODEL text": [sys.executable, "-m", "llmkit", "predict", model, COLD_TEXT]}
-        walls, _ = common.interleaved({name: (lambda c: lambda: subprocess.run(c, capture_output=True, check=True))(
-            command) for name, command in cold.items()}, repeats)
+        walls = common.fresh_processes(cold, repeats)
         base_s = statistics.median(walls["plain pipeline script"])
         print(f"\n{'cold start (one prediction, new process)':44} {'wall s':>10} {'vs pipeline':>12}")
         for name, w in walls.items():

@@ -4,9 +4,10 @@
     python benchmarks/serve.py --clients 1,8,32 --seconds 10
 
 Each client keeps one HTTP/1.1 connection open (as session-based clients do), sends one masked sentence per request
-(the inference API's {"inputs": ...}) and waits for the answer before sending the next. Reported: requests per second and the median and 99th-percentile latency. The reference is
-the plain way to answer such requests one at a time: a loop calling the pipeline once per request (its latency is
-one call; its throughput one call after another). Same model, same sentences, same machine, one after the other.
+(the inference API's {"inputs": ...}) and waits for the answer before sending the next. Reported: requests per
+second and the median and 99th-percentile latency. The reference is the plain way to answer such requests one at
+a time: a loop calling the pipeline once per request (its latency is one call; its throughput one call after
+another). Same model, same sentences, same machine, one after the other.
 Results: benchmarks/results/serve-*.json.
 """
 
