@@ -91,13 +91,23 @@ def peak_matmul_flops(dtype_name: str, n: int = 2048, repeats: int = 8) -> float
     """Best FLOP/s of an n x n @ n x n torch.matmul here (the GPU if there is one, else all CPU threads)."""
     import torch
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda":
+    if torch.cuda.is_available():
         n = max(n, 8192)  # a GPU needs big matrices to reach its peak
+    return 2 * n ** 3 / min(matmul_seconds(1, n, n, n, dtype_name, repeats))
+
+
+def matmul_seconds(batch: int, m: int, k: int, n: int, dtype_name: str, repeats: int) -> list[float]:
+    """Seconds of each of `repeats` torch.matmul calls, [m, k] @ [k, n] (batched when `batch` > 1), on random
+    matrices here (the GPU if there is one, else all CPU threads), after one call to warm up."""
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = getattr(torch, dtype_name)
-    a, b = torch.randn(n, n, device=device).to(dtype), torch.randn(n, n, device=device).to(dtype)
+    lead = (batch,) if batch > 1 else ()
+    a = torch.randn(*lead, m, k, device=device).to(dtype)
+    b = torch.randn(*lead, k, n, device=device).to(dtype)
     torch.matmul(a, b)
-    best = float("inf")
+    times = []
     for _ in range(repeats):
         if device == "cuda":
             torch.cuda.synchronize()
@@ -105,8 +115,8 @@ def peak_matmul_flops(dtype_name: str, n: int = 2048, repeats: int = 8) -> float
         torch.matmul(a, b)
         if device == "cuda":
             torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - start)
-    return 2 * n ** 3 / best
+        times.append(time.perf_counter() - start)
+    return times
 
 
 # Dense bf16 / fp32 (TF32 for Ampere and later) tensor-core peaks from the vendors' data sheets, TFLOP/s.

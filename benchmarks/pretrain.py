@@ -358,22 +358,13 @@ def training_gemms(setup: dict[str, Any]) -> list[tuple[int, int, int, int]]:
 
 
 def measure_gemms(setup: dict[str, Any], best: dict[str, float] | None = None, repeats: int = 9) -> dict[str, float]:
-    """Seconds that one training step's matmuls (`training_gemms`) take alone, on random matrices, per dtype: the
-    step time the model's own matrix shapes allow if nothing else took any time. Best of before and after."""
-    import torch
-
+    """Seconds that one training step's matmuls (`training_gemms`) take alone, on random matrices on the device
+    the peak is measured on, per dtype: the step time the model's own matrix shapes allow if nothing else took any
+    time. Best of before and after."""
     out = dict(best or {})
     for dtype in ("bfloat16", "float32"):
-        total = 0.0
-        for b, m, k, n in training_gemms(setup):
-            x = torch.randn(b, m, k).to(getattr(torch, dtype))
-            y = torch.randn(b, k, n).to(getattr(torch, dtype))
-            times = []
-            for _ in range(repeats):
-                start = time.perf_counter()
-                torch.matmul(x, y)
-                times.append(time.perf_counter() - start)
-            total += statistics.median(times)
+        total = sum(statistics.median(common.matmul_seconds(*shape, dtype, repeats))
+                    for shape in training_gemms(setup))
         out[dtype] = min(out.get(dtype, float("inf")), total)
     return out
 
