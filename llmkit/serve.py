@@ -1,43 +1,83 @@
 """`llmkit serve MODEL...`: keep models loaded and answer fill-mask and text-classification requests over HTTP.
 
-Requests and responses have the shapes of the Hugging Face inference API, so existing clients work:
+Requests and responses have the shapes of the Hugging Face inference API, so existing clients work
+(`huggingface_hub.InferenceClient(base_url=...)`: `fill_mask`, `text_classification`):
 
     POST /models/NAME   (or POST / for the first model)
     {"inputs": "Paris is the [MASK] of France.", "parameters": {"top_k": 3, "targets": ["capital", "city"]}}
     fill-mask, one input:    [{"score": 0.91, "token": 2364, "token_str": "capital", "sequence": "..."}, ...]
     text-classification:     [[{"label": "positive", "score": 0.97}, {"label": "negative", "score": 0.03}]]
-    a list of inputs gives a list of such results, in order.
+    a list of inputs gives a list of such results, in order (one list per text).
     GET /health              {"status": "ok", "models": {"NAME": "fill-mask", ...}}
+    GET /openapi.json        the endpoints, described for OpenAPI tools
 
 Concurrent requests to a model are batched: the main thread (`run_jobs`) takes whatever is waiting and runs each
 model's requests in forward passes of up to `max_batch` texts, so many small requests cost about as much as one
-batch; HTTP is handled on other threads.
+batch; HTTP is handled by uvicorn's event loop on another thread.
 It never waits for more to arrive: requests that come in during a forward pass form the next batch, so a lone
 request pays no batching delay (measured: 1 client 81 -> 106 requests/s against a 2 ms wait, 8 clients alike).
-The server binds to 127.0.0.1 unless told otherwise; request bodies are limited (`max_request_bytes`) and so is
-the number of inputs per request; a bad request gets a 4xx with a one-line JSON error and never stops the
-server; SIGTERM and Ctrl-C stop it cleanly (requests in flight are answered first).
+A request whose client went away, or that waited past `answer_timeout`, is flagged and skipped, never run later.
 
-The standard library's ThreadingHTTPServer is enough here: a request's cost is the model's forward pass, which
-the batching worker runs one at a time anyway; benchmarks/serve.py measures it against a pipeline per request.
+What a client can make the server hold is bounded, whatever it sends: the body (`max_request_bytes`, counted as it
+arrives, for a Content-Length and for chunked bodies alike), the time to send the headers and the body
+(`header_timeout`, `body_timeout`; uvicorn bounds only the wait between requests), the number of connections and
+of requests waiting for a model (both answered 503 at once beyond the bound), and the inputs per request. A
+malformed request gets a 4xx with a one-line JSON error and never stops the server. Beyond localhost, every request
+but GET /health needs `Authorization: Bearer KEY`. SIGTERM and Ctrl-C stop it cleanly (requests in flight are
+answered first).
+
+uvicorn + starlette rather than `http.server`: a maintained HTTP parser (h11) and one event loop for any number of
+slow clients, where a thread per connection let each stalled client hold a thread. A subclass of uvicorn's h11
+protocol (`protocol_class`) adds what uvicorn lacks: the header deadline, JSON for the 400s it writes itself, and
+closing a connection answered before its body was read (uvicorn would read the rest and drop it, without end).
+Connections are counted by `Guard`, as uvicorn's `limit_concurrency` counts them, so that its 503 is JSON too.
+All of it is tested over sockets (tests/test_serve.py).
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
+import hmac
 import json
+import logging
 import queue
+import re
 import signal
+import socket
+import sys
 import threading
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
 from llmkit.console import log
-from llmkit.errors import ConfigError, DataError, LlmkitError
+from llmkit.errors import ConfigError, DataError, LlmkitError, RunError
 
 MAX_REQUEST_BYTES = 1 << 20
 MAX_INPUTS = 256
+LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
+
+
+@dataclass
+class Limits:
+    """What one client can make the server hold. Times in seconds."""
+
+    max_request_bytes: int = MAX_REQUEST_BYTES
+    max_connections: int = 512
+    max_queue: int = 256  # requests waiting for a model; beyond it a request is answered 503 at once
+    header_timeout: float = 5.0
+    body_timeout: float = 10.0
+    keep_alive_timeout: float = 5.0
+    answer_timeout: float = 300.0
+
+    def check(self) -> None:
+        bad = [f"--{name.replace('_', '-')} must be positive, got {value}" for name, value in vars(self).items()
+               if not value > 0]
+        if bad:
+            raise ConfigError("; ".join(bad) + ".")
 
 
 class RequestError(Exception):
@@ -53,9 +93,8 @@ class Job:
     worker: "ModelWorker"
     texts: list[str]
     parameters: dict[str, Any]
-    done: threading.Event = field(default_factory=threading.Event)
-    result: Any = None
-    error: Exception | None = None
+    settle: Callable[[Any, Exception | None], None]  # called by the model runner with (result, error)
+    cancelled: bool = False  # the request is gone (client disconnected, or it timed out): do not run it
 
 
 class ModelWorker:
@@ -64,14 +103,29 @@ class ModelWorker:
     def __init__(self, name: str, task: str, loaded: Any, max_batch: int, jobs: "queue.Queue[Job]"):
         self.name, self.task, self.loaded, self.max_batch, self.jobs = name, task, loaded, max_batch, jobs
 
-    def submit(self, texts: list[str], parameters: dict[str, Any], timeout: float = 300.0) -> Any:
-        job = Job(self, texts, parameters)
-        self.jobs.put(job)
-        if not job.done.wait(timeout):
-            raise RequestError(503, f"model '{self.name}' did not answer within {timeout:.0f} s")
-        if job.error is not None:
-            raise job.error
-        return job.result
+    def submit(self, texts: list[str], parameters: dict[str, Any]) -> tuple[Job, "asyncio.Future[Any]"]:
+        """Queue the texts (from the event loop); the future gets their results. 503 when the queue is full."""
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+
+        def settle(result: Any, error: Exception | None) -> None:
+            try:
+                loop.call_soon_threadsafe(_settle, future, result, error)
+            except RuntimeError:  # the loop is closed: the server stopped and nobody waits for this answer
+                pass
+
+        job = Job(self, texts, parameters, settle)
+        try:
+            self.jobs.put_nowait(job)
+        except queue.Full:
+            raise RequestError(503, f"the server is busy ({self.jobs.maxsize} requests waiting); retry "
+                                    "shortly") from None
+        return job, future
+
+
+def _settle(future: "asyncio.Future[Any]", result: Any, error: Exception | None) -> None:
+    if not future.done():
+        future.set_exception(error) if error is not None else future.set_result(result)
 
 
 def run_jobs(jobs: "queue.Queue[Job]", stop: threading.Event) -> None:
@@ -105,18 +159,24 @@ def run_jobs(jobs: "queue.Queue[Job]", stop: threading.Event) -> None:
 
 
 def _run(batch: list[Job]) -> None:
+    live = [job for job in batch if not job.cancelled]  # checked at the last moment: earlier batches take time
+    if len(live) < len(batch):
+        log(f"serve: skipped {len(batch) - len(live)} request(s) whose client left or timed out")
+    if not live:
+        return
+    batch = live
     worker = batch[0].worker
     try:
         texts = [t for job in batch for t in job.texts]
         results = answer(worker.task, worker.loaded, texts, batch[0].parameters)
-        start = 0
+    except Exception as e:  # noqa: BLE001 - one bad batch must not stop the server; each request gets the error
         for job in batch:
-            job.result, start = results[start:start + len(job.texts)], start + len(job.texts)
-    except Exception as e:  # noqa: BLE001 - one bad batch must not stop the server
-        for job in batch:
-            job.error = e
+            job.settle(None, e)
+        return
+    start = 0
     for job in batch:
-        job.done.set()
+        job.settle(results[start:start + len(job.texts)], None)
+        start += len(job.texts)
 
 
 def answer(task: str, loaded: Any, texts: list[str], parameters: dict[str, Any]) -> list[Any]:
@@ -151,6 +211,8 @@ def parse(body: bytes, task: str) -> tuple[list[str], bool, dict[str, Any]]:
     except (UnicodeDecodeError, ValueError) as e:
         raise RequestError(400, f"the body is not JSON ({str(e).splitlines()[0][:120]}); send "
                                 f"{{\"inputs\": \"...\"}}") from None
+    except RecursionError:
+        raise RequestError(400, "the body nests JSON too deeply; send {\"inputs\": \"...\"}") from None
     if not isinstance(payload, dict) or "inputs" not in payload:
         raise RequestError(400, "expected a JSON object with \"inputs\": a text or a list of texts")
     inputs, parameters = payload["inputs"], payload.get("parameters") or {}
@@ -175,67 +237,252 @@ def parse(body: bytes, task: str) -> tuple[list[str], bool, dict[str, Any]]:
     return texts, single, {k: v for k, v in (("top_k", top_k), ("targets", targets)) if v is not None}
 
 
-class Handler(BaseHTTPRequestHandler):
-    server_version = "llmkit-serve"
-    protocol_version = "HTTP/1.1"  # keep-alive: a session-based client reuses its connection
-    # Headers and body leave in one write (flushed after each request), sent at once: with Nagle's algorithm a
-    # separate small body write waits for the client's delayed ACK, ~40 ms per request on a kept-alive connection.
-    wbufsize = 1 << 16
-    disable_nagle_algorithm = True
+def shaped(task: str, results: list[Any], single: bool) -> Any:
+    """The inference API's answer: one fill-mask input gets its candidates; text-classification always gets a
+    list with one ranking per text (InferenceClient.text_classification reads the first)."""
+    return results[0] if single and task == "fill-mask" else results
 
-    def log_message(self, format: str, *args: Any) -> None:  # one quiet line per error only
+
+# --- HTTP ---------------------------------------------------------------------------------------------------------
+
+
+def reply(status: int, payload: Any, headers: dict[str, str] | None = None):
+    from starlette.responses import Response
+
+    return Response(json.dumps(payload, ensure_ascii=False), status, headers, media_type="application/json")
+
+
+def error(status: int, message: str, headers: dict[str, str] | None = None):
+    return reply(status, {"error": " ".join(str(message).split())[:500]}, headers)
+
+
+def raw_error(status: int, message: str) -> bytes:
+    """A whole JSON error response that closes the connection, for the protocol to write itself."""
+    body = json.dumps({"error": message}).encode()
+    head = (f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\ncontent-type: application/json\r\n"
+            f"content-length: {len(body)}\r\nconnection: close\r\n\r\n")
+    return head.encode("latin-1") + body
+
+
+async def read_body(request: Any, limit: int, timeout: float) -> bytes:
+    """The body, counted as it arrives (chunked or not): 413 once over `limit`, 408 when slower than `timeout`."""
+    declared = request.headers.get("content-length", "").strip()
+    if declared:
+        if not re.fullmatch(r"[0-9]+", declared):  # h11 refuses these first; kept for any other parser
+            raise RequestError(400, f"Content-Length must be a number of bytes, got {declared[:40]!r}")
+        if len(declared) > 18 or int(declared) > limit:  # never int() of thousands of digits
+            shown = f"{int(declared):,}" if len(declared) <= 18 else declared[:40] + "..."
+            raise RequestError(413, f"request of {shown} bytes; at most {limit:,}")
+
+    async def collect() -> bytes:
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise RequestError(413, f"request body over {limit:,} bytes; at most {limit:,}")
+        return bytes(body)
+
+    try:
+        return await asyncio.wait_for(collect(), timeout)
+    except asyncio.TimeoutError:
+        raise RequestError(408, f"the request body did not arrive within {timeout:g} s") from None
+
+
+async def answered(request: Any, worker: ModelWorker, texts: list[str], parameters: dict[str, Any],
+                   timeout: float) -> list[Any]:
+    """The model's results for the texts. A client that disconnects, or a wait past `timeout`, cancels the job."""
+    from starlette.requests import ClientDisconnect
+
+    job, future = worker.submit(texts, parameters)
+    gone = asyncio.ensure_future(_disconnected(request.receive))
+    try:
+        done, _ = await asyncio.wait({future, gone}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        if future in done:
+            return future.result()
+        if gone in done:
+            raise ClientDisconnect()
+        raise RequestError(503, f"model '{worker.name}' did not answer within {timeout:g} s")
+    finally:
+        job.cancelled = not future.done()
+        gone.cancel()
+
+
+async def _disconnected(receive: Callable) -> None:
+    while (await receive())["type"] != "http.disconnect":  # the body was read: only a disconnect comes now
         pass
 
-    def do_GET(self) -> None:
-        if self.path.rstrip("/") == "/health":
-            self.reply(200, {"status": "ok", "models": {w.name: w.task for w in self.server.workers.values()}})
-        else:
-            self.reply(404, {"error": f"no page {self.path}; POST /models/NAME or GET /health"})
 
-    def do_POST(self) -> None:
-        try:
-            worker = self.worker()
-            length = int(self.headers.get("Content-Length") or 0)
-            if length > self.server.max_request_bytes:
-                self.close_connection = True
-                raise RequestError(413, f"request of {length:,} bytes; at most {self.server.max_request_bytes:,}")
-            texts, single, parameters = parse(self.rfile.read(length), worker.task)
-            results = worker.submit(texts, parameters)
-            self.reply(200, results[0] if single else results)
-        except RequestError as e:
-            self.reply(e.status, {"error": str(e)})
-        except LlmkitError as e:  # bad input found by the model side (no mask, unknown target, ...)
-            self.reply(422 if isinstance(e, DataError) else 400, {"error": str(e)})
-        except Exception as e:  # noqa: BLE001 - the server answers and keeps running
-            log(f"serve: {type(e).__name__}: {e}")
-            self.reply(500, {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"})
+async def predict(request: Any):
+    """Fill-mask or text-classification, by the model's task.
+    ---
+    summary: Answer one text or a list of texts (the Hugging Face inference API's request and answer)
+    requestBody:
+      required: true
+      content:
+        application/json:
+          schema:
+            type: object
+            required: [inputs]
+            properties:
+              inputs: {oneOf: [{type: string}, {type: array, items: {type: string}, maxItems: 256}]}
+              parameters:
+                type: object
+                properties:
+                  top_k: {type: integer, minimum: 1}
+                  targets: {oneOf: [{type: string}, {type: array, items: {type: string}}]}
+    responses:
+      200: {description: "fill-mask: [{score, token, token_str, sequence}] per text; text-classification:
+        [[{label, score}]] one list per text"}
+      4XX: {description: "{\\"error\\": \\"...\\"}: a bad request, a wrong key (401), a body too large (413)"}
+      503: {description: "{\\"error\\": \\"...\\"}: the server is busy; retry"}
+    """
+    from starlette.requests import ClientDisconnect
 
-    def worker(self) -> ModelWorker:
-        workers = self.server.workers
-        path = self.path.split("?", 1)[0].rstrip("/")
-        if path in ("", "/"):
-            return next(iter(workers.values()))
-        name = path.removeprefix("/models/")
-        if path.startswith("/models/") and name in workers:
-            return workers[name]
-        raise RequestError(404, f"no model at {self.path}; models: " + ", ".join(f"/models/{n}" for n in workers))
+    state = request.app.state
+    try:
+        worker = find_worker(state.workers, request)
+        body = await read_body(request, state.limits.max_request_bytes, state.limits.body_timeout)
+        texts, single, parameters = parse(body, worker.task)
+        results = await answered(request, worker, texts, parameters, state.limits.answer_timeout)
+        return reply(200, shaped(worker.task, results, single))
+    except RequestError as e:  # a body refused or late was not read to its end: the connection closes
+        return error(e.status, str(e), {"connection": "close"} if e.status in (408, 413) else None)
+    except LlmkitError as e:  # bad input found by the model side (no mask, unknown target, ...)
+        return error(422 if isinstance(e, DataError) else 400, str(e))
+    except ClientDisconnect:
+        return error(400, "the client disconnected")  # nobody reads it; the job was cancelled
+    except Exception as e:  # noqa: BLE001 - the server answers and keeps running
+        log(f"serve: {type(e).__name__}: {e}")
+        return error(500, f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}")
 
-    def reply(self, status: int, payload: Any) -> None:
-        body = json.dumps(payload, ensure_ascii=False).encode("utf-8")
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+
+def find_worker(workers: dict[str, ModelWorker], request: Any) -> ModelWorker:
+    name = request.path_params.get("name", "").rstrip("/")
+    if not name:
+        return next(iter(workers.values()))
+    if name in workers:
+        return workers[name]
+    raise RequestError(404, f"no model at {request.url.path}; models: " + ", ".join(f"/models/{n}" for n in workers))
 
 
-class Server(ThreadingHTTPServer):
-    daemon_threads = True
-    request_queue_size = 1024  # the listen backlog (socketserver's default, 5, resets a burst of connections)
+async def health(request: Any):
+    """Which models are served, and their tasks (needs no key).
+    ---
+    summary: The server is up
+    responses:
+      200: {description: "{\\"status\\": \\"ok\\", \\"models\\": {NAME: TASK}}"}
+    """
+    return reply(200, {"status": "ok", "models": {w.name: w.task for w in request.app.state.workers.values()}})
 
-    def __init__(self, address: tuple[str, int], workers: dict[str, ModelWorker], max_request_bytes: int):
-        super().__init__(address, Handler)
-        self.workers, self.max_request_bytes = workers, max_request_bytes
+
+async def openapi(request: Any):
+    return reply(200, request.app.state.schemas.get_schema(routes=request.app.routes))
+
+
+async def http_error(request: Any, exc: Any):
+    message = f"no page {request.url.path}; POST /models/NAME or GET /health" if exc.status_code == 404 else \
+        f"{request.method} is not answered at {request.url.path}; POST /models/NAME or GET /health" \
+        if exc.status_code == 405 else exc.detail
+    return error(exc.status_code, message, getattr(exc, "headers", None))
+
+
+def build_app(workers: dict[str, ModelWorker], limits: Limits):
+    """The starlette app: routes, their OpenAPI description, and JSON for its own 404 and 405."""
+    from starlette.applications import Starlette
+    from starlette.exceptions import HTTPException
+    from starlette.routing import Route
+    from starlette.schemas import SchemaGenerator
+
+    from llmkit import __version__
+
+    routes = [Route("/health", health, methods=["GET"]), Route("/openapi.json", openapi, methods=["GET"],
+                                                              include_in_schema=False),
+              Route("/", predict, methods=["POST"]), Route("/models/{name:path}", predict, methods=["POST"])]
+    app = Starlette(routes=routes, exception_handlers={HTTPException: http_error})
+    app.state.workers, app.state.limits = workers, limits
+    app.state.schemas = SchemaGenerator({"openapi": "3.0.0", "info": {"title": "llmkit serve",
+                                                                      "version": __version__}})
+    return app
+
+
+class Guard:
+    """What comes before routing: the bound on connections (503) and the API key (401; GET /health is open)."""
+
+    def __init__(self, app: Any, api_key: str | None, max_connections: int):
+        self.app, self.max_connections = app, max_connections
+        self.expected = f"Bearer {api_key}".encode() if api_key else None
+        self.connections: Collection = ()  # uvicorn's open connections, set once its server exists
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        refusal = self.refusal(scope) if scope["type"] == "http" else None
+        await (refusal or self.app)(scope, receive, send)
+
+    def refusal(self, scope: dict) -> Any:
+        if len(self.connections) > self.max_connections:
+            return error(503, f"the server holds {len(self.connections)} connections, at most "
+                              f"{self.max_connections}; retry shortly", {"connection": "close"})
+        if self.expected is None or (scope["method"] in ("GET", "HEAD") and scope["path"] == "/health"):
+            return None
+        given = dict(scope["headers"]).get(b"authorization", b"")
+        if not hmac.compare_digest(given, self.expected):
+            return error(401, "missing or wrong API key: send the header 'Authorization: Bearer KEY'",
+                         {"www-authenticate": "Bearer"})
+        return None
+
+
+def protocol_class() -> type:
+    """uvicorn's h11 protocol with a deadline on each request's headers and JSON for the 400s it writes itself."""
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class Protocol(H11Protocol):
+        def __init__(self, *args: Any, header_timeout: float, **kwargs: Any):
+            super().__init__(*args, **kwargs)
+            self.header_timeout, self.header_timer = header_timeout, None
+
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            self.watch_headers()
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            self.watch_headers()
+
+        def watch_headers(self) -> None:
+            """A deadline runs while the client owes the headers of a request: from the connection (or the first
+            byte after a kept-alive response, before which uvicorn's keep-alive timeout runs) to their end."""
+            waiting = self.conn.their_state is h11.IDLE and not self.transport.is_closing()
+            if waiting and self.header_timer is None:
+                self.header_timer = self.loop.call_later(self.header_timeout, self.headers_too_slow)
+            elif not waiting and self.header_timer is not None:
+                self.header_timer.cancel()
+                self.header_timer = None
+
+        def headers_too_slow(self) -> None:
+            self.header_timer = None
+            if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+                if self.conn.trailing_data[0]:  # half a request came; a silent connection is just closed
+                    self.transport.write(raw_error(408, f"the request headers did not arrive within "
+                                                        f"{self.header_timeout:g} s"))
+                self.transport.close()
+
+        def send_400_response(self, msg: str) -> None:
+            if self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):  # no answer of ours is half written
+                self.transport.write(raw_error(400, "malformed HTTP/1.1 request (request line, headers, "
+                                                    "Content-Length or chunked framing)"))
+            self.transport.close()
+
+        def on_response_complete(self) -> None:
+            if self.conn.their_state is h11.SEND_BODY:  # answered before the body was read (413, 401, 404, ...):
+                self.transport.close()  # the rest is not read, where uvicorn would read and drop it without end
+            super().on_response_complete()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self.header_timer is not None:
+                self.header_timer.cancel()
+            super().connection_lost(exc)
+
+    return Protocol
 
 
 def load_models(models: list[str], device: str | None, precision: str, max_batch: int,
@@ -260,34 +507,88 @@ def load_models(models: list[str], device: str | None, precision: str, max_batch
     return workers
 
 
+def check_access(host: str, api_key: str | None, insecure_no_key: bool) -> None:
+    """Beyond localhost a key is required, unless the user says in so many words that none is wanted."""
+    if api_key is not None and not re.fullmatch(r"[\x21-\x7e]+", api_key):
+        raise ConfigError("--api-key must be printable ASCII without spaces (it travels in an HTTP header).")
+    if api_key is None and not insecure_no_key and host not in LOCAL_HOSTS:
+        raise ConfigError(f"Expected an API key to listen on {host}: any machine that reaches it could use the "
+                          "models. Give --api-key KEY (or set LLMKIT_API_KEY), or pass --insecure-no-key to serve "
+                          "without one.")
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """The bound, listening socket (before the models load: a taken port fails at once)."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                             flags=socket.AI_PASSIVE)[0]
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError as e:
+        raise ConfigError(f"Cannot listen on {host}:{port} ({e.strerror or e}). Choose another --host or "
+                          "--port.") from None
+    sock.listen(1024)  # the backlog: a burst of connections waits here instead of being reset
+    return sock
+
+
+def http_server(app: Guard, sock: socket.socket, limits: Limits) -> Any:
+    import uvicorn
+
+    logger = logging.getLogger("uvicorn")  # uvicorn's warnings and errors, one line each, as llmkit writes them
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("llmkit: serve: %(message)s"))
+    logger.handlers, logger.propagate = [handler], False
+    logger.setLevel(logging.WARNING)
+    config = uvicorn.Config(app, http=functools.partial(protocol_class(), header_timeout=limits.header_timeout),
+                            ws="none", lifespan="off", interface="asgi3", log_config=None, access_log=False,
+                            timeout_keep_alive=limits.keep_alive_timeout, server_header=False, proxy_headers=False,
+                            timeout_graceful_shutdown=max(limits.body_timeout, 30.0), backlog=1024)
+    server = uvicorn.Server(config)
+    app.connections = server.server_state.connections
+    return server
+
+
 def main(models: list[str], host: str = "127.0.0.1", port: int = 8000, device: str | None = None,
-         precision: str = "auto", max_batch: int = 64, max_request_bytes: int = MAX_REQUEST_BYTES) -> None:
-    """Serve until SIGTERM or Ctrl-C."""
+         precision: str = "auto", max_batch: int = 64, api_key: str | None = None, insecure_no_key: bool = False,
+         **limits: float) -> None:
+    """Serve until SIGTERM or Ctrl-C. `limits`: the fields of `Limits` (max_request_bytes, header_timeout, ...)."""
+    limits = Limits(**limits)
     if not models:
         raise ConfigError("llmkit serve needs at least one model: llmkit serve MODEL [MODEL...]")
     if not 0 <= port <= 65535:
         raise ConfigError(f"--port must be between 0 and 65535, got {port}.")
-    jobs: queue.Queue[Job] = queue.Queue()
+    limits.check()
+    check_access(host, api_key or None, insecure_no_key)
+    sock = listen(host, port)
+    jobs: queue.Queue[Job] = queue.Queue(maxsize=limits.max_queue)
     workers = load_models(models, device, precision, max_batch, jobs)
-    try:
-        server = Server((host, port), workers, max_request_bytes)
-    except OSError as e:
-        raise ConfigError(f"Cannot listen on {host}:{port} ({e.strerror}). Choose another --port.") from None
+    server = http_server(Guard(build_app(workers, limits), api_key or None, limits.max_connections), sock, limits)
     stop = threading.Event()
 
+    def serve_http() -> None:
+        try:
+            server.run(sockets=[sock])
+        finally:
+            stop.set()  # the model runner ends once what was queued is answered
+
     def on_signal(signum: int, frame: Any) -> None:
-        stop.set()
-        threading.Thread(target=server.shutdown, daemon=True).start()  # no new requests; those in flight finish
+        server.force_exit = server.should_exit  # a second Ctrl-C stops without waiting
+        server.should_exit = True  # no new connections; requests in flight are answered
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, on_signal)
-    listening = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2}, name="llmkit-serve-http",
-                                 daemon=True)
+    listening = threading.Thread(target=serve_http, name="llmkit-serve-http", daemon=True)
     listening.start()
-    log(f"serving {', '.join(workers)} on http://{host}:{server.server_address[1]} (POST /models/NAME, GET /health)")
+    shown = f"[{host}]" if ":" in host else host
+    log(f"serving {', '.join(workers)} on http://{shown}:{sock.getsockname()[1]} (POST /models/NAME, "
+        f"GET /health){'' if api_key else ', no API key'}")
     try:
         run_jobs(jobs, stop)
     finally:
-        server.shutdown()
-        server.server_close()
-        log("serve: stopped")
+        server.should_exit = True
+        listening.join(timeout=60)
+        sock.close()
+    if not server.started:
+        raise RunError("serve: the HTTP server did not start; see the messages above.")
+    log("serve: stopped")
