@@ -386,6 +386,11 @@ async def http_error(request: Any, exc: Any):
     return error(exc.status_code, message, getattr(exc, "headers", None))
 
 
+async def server_error(request: Any, exc: Exception):
+    """A failure outside `predict` (which answers its own): JSON like every other answer; uvicorn logs it."""
+    return error(500, f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}")
+
+
 def build_app(workers: dict[str, ModelWorker], limits: Limits):
     """The starlette app: routes, their OpenAPI description, and JSON for its own 404 and 405."""
     from starlette.applications import Starlette
@@ -398,7 +403,7 @@ def build_app(workers: dict[str, ModelWorker], limits: Limits):
     routes = [Route("/health", health, methods=["GET"]), Route("/openapi.json", openapi, methods=["GET"],
                                                               include_in_schema=False),
               Route("/", predict, methods=["POST"]), Route("/models/{name:path}", predict, methods=["POST"])]
-    app = Starlette(routes=routes, exception_handlers={HTTPException: http_error})
+    app = Starlette(routes=routes, exception_handlers={HTTPException: http_error, Exception: server_error})
     app.state.workers, app.state.limits = workers, limits
     app.state.schemas = SchemaGenerator({"openapi": "3.0.0", "info": {"title": "llmkit serve",
                                                                       "version": __version__}})
