@@ -545,10 +545,11 @@ def http_server(app: Guard, sock: socket.socket, limits: Limits) -> Any:
     handler.setFormatter(logging.Formatter("llmkit: serve: %(message)s"))
     logger.handlers, logger.propagate = [handler], False
     logger.setLevel(logging.WARNING)
+    # On SIGTERM, requests in flight are answered: each has body_timeout to arrive and answer_timeout to be answered.
     config = uvicorn.Config(app, http=functools.partial(protocol_class(), header_timeout=limits.header_timeout),
                             ws="none", lifespan="off", interface="asgi3", log_config=None, access_log=False,
                             timeout_keep_alive=limits.keep_alive_timeout, server_header=False, proxy_headers=False,
-                            timeout_graceful_shutdown=max(limits.body_timeout, 30.0), backlog=1024)
+                            timeout_graceful_shutdown=limits.body_timeout + limits.answer_timeout, backlog=1024)
     server = uvicorn.Server(config)
     app.connections = server.server_state.connections
     return server
