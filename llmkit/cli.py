@@ -356,21 +356,38 @@ def predict(
 
   llmkit serve runs/mlm runs/clf --port 9000    # several models, one server
 
+  LLMKIT_API_KEY=secret llmkit serve runs/mlm --host 0.0.0.0    # other machines: a key is required
+
   curl -s localhost:8000/models/mlm -d '{"inputs": "Paris is the [MASK] of France.", "parameters": {"top_k": 3}}'
 
   curl -s localhost:8000/health""")
 def serve(
     models: Annotated[list[str], typer.Argument(help="Masked-LM and/or classifier checkpoints to keep loaded.")],
-    host: Annotated[str, typer.Option("--host", help="Address to bind (0.0.0.0 to accept other machines).")] =
-        "127.0.0.1",
+    host: Annotated[str, typer.Option("--host", help="Address to bind (0.0.0.0 to accept other machines; needs "
+                                      "--api-key).")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", help="TCP port (0: any free port, printed at start).")] = 8000,
     device: Annotated[Optional[str], typer.Option("--device", help="cpu, cuda, cuda:1, ... (default: GPU if "
                                                   "present).", show_default=False)] = None,
     precision: Precision = None,
+    api_key: Annotated[Optional[str], typer.Option("--api-key", envvar="LLMKIT_API_KEY", show_default=False,
+                                                   help="Every request but GET /health must send 'Authorization: "
+                                                   "Bearer KEY'.")] = None,
+    insecure_no_key: Annotated[bool, typer.Option("--insecure-no-key", help="Listen beyond localhost without a "
+                                                  "key: anyone who reaches the port can use the models.")] = False,
     max_batch: Annotated[int, typer.Option("--max-batch", help="Texts per forward pass across concurrent "
                                            "requests.")] = 64,
     max_request_bytes: Annotated[int, typer.Option("--max-request-bytes", help="Largest request body accepted.")] =
         1 << 20,
+    max_connections: Annotated[int, typer.Option("--max-connections", help="Open connections; beyond, requests "
+                                                 "get 503.")] = 512,
+    max_queue: Annotated[int, typer.Option("--max-queue", help="Requests waiting for a model; beyond, 503 at "
+                                           "once.")] = 256,
+    header_timeout: Annotated[float, typer.Option("--header-timeout", help="Seconds a client has to send a "
+                                                  "request's headers.")] = 5.0,
+    body_timeout: Annotated[float, typer.Option("--body-timeout", help="Seconds a client has to send a request's "
+                                                "body.")] = 10.0,
+    keep_alive_timeout: Annotated[float, typer.Option("--keep-alive-timeout", help="Seconds an idle connection "
+                                                      "is kept open.")] = 5.0,
 ) -> None:
     """Keep models loaded and answer fill-mask / text-classification requests over HTTP (inference API shapes)."""
     _quiet_libraries()
@@ -379,7 +396,9 @@ def serve(
         from llmkit import serve as command
 
         command.main(models, host=host, port=port, device=device, precision=precision or "auto",
-                     max_batch=max_batch, max_request_bytes=max_request_bytes)
+                     max_batch=max_batch, api_key=api_key, insecure_no_key=insecure_no_key,
+                     max_request_bytes=max_request_bytes, max_connections=max_connections, max_queue=max_queue,
+                     header_timeout=header_timeout, body_timeout=body_timeout, keep_alive_timeout=keep_alive_timeout)
 
     guarded(go)
 
