@@ -38,6 +38,9 @@ Sets = Annotated[Optional[list[str]], typer.Option("--set", help="Override any s
                                                    show_default=False)]
 Precision = Annotated[Optional[str], typer.Option("--precision", help="auto | bf16 | fp16 | fp32 (default: auto).",
                                                   show_default=False)]
+# Options shared by the prediction commands.
+Runtime = Annotated[str, typer.Option("--runtime", help="auto | torch | onnx | onnx-int8. auto: ONNX Runtime on a CPU "
+                                      "when the run has a fresh `llmkit export`, else transformers (torch).")]
 
 
 def fail(error: BaseException) -> None:
@@ -301,6 +304,7 @@ def fill_mask(
     device: Annotated[Optional[str], typer.Option("--device", help="cpu, cuda, cuda:1, ... (default: GPU if "
                                                   "present).", show_default=False)] = None,
     precision: Precision = None,
+    runtime: Runtime = "auto",
 ) -> None:
     """Predict the masked tokens of texts with a masked language model."""
     _quiet_libraries()
@@ -309,7 +313,7 @@ def fill_mask(
         from llmkit import fillmask as command
 
         command.main(model, texts or [], input_file=input_file, top_k=top_k, targets=targets, as_json=as_json,
-                     batch_size=batch_size, device=device, precision=precision or "auto")
+                     batch_size=batch_size, device=device, precision=precision or "auto", runtime=runtime)
 
     guarded(go)
 
@@ -336,6 +340,7 @@ def predict(
     batch_size: Annotated[int, typer.Option("--batch-size", help="Texts per forward pass.")] = 64,
     device: Annotated[Optional[str], typer.Option("--device", help="cpu, cuda, ... (default: GPU if present).",
                                                   show_default=False)] = None,
+    runtime: Runtime = "auto",
 ) -> None:
     """Classify texts with a fine-tuned model: label names and scores, in input order."""
     _quiet_libraries()
@@ -345,7 +350,37 @@ def predict(
 
         command.main(model, texts or [], input_file=input_file, output=output, as_json=as_json,
                      text_column=text_column, text_pair_column=text_pair_column, batch_size=batch_size,
-                     device=device)
+                     device=device, runtime=runtime)
+
+    guarded(go)
+
+
+@app.command(epilog="""Examples:
+
+  llmkit export runs/mlm                     # runs/mlm/onnx/model.onnx, checked against transformers
+
+  llmkit export runs/clf --quantize int8     # also onnx/model_quantized.onnx, with its agreement printed
+
+  llmkit fill-mask runs/mlm "Paris is the [MASK] of France."   # now on ONNX Runtime (--runtime auto)""")
+def export(
+    run: Annotated[str, typer.Argument(help="Run directory (masked LM or sequence classifier) to export.")],
+    quantize: Annotated[Optional[str], typer.Option("--quantize", help="int8: also write a dynamically quantized "
+                                                    "model_quantized.onnx.", show_default=False)] = None,
+    data: Annotated[Optional[str], typer.Option("--data", help="Probe texts for the checks, one per line (default: "
+                                                "the built-in corpus).", show_default=False)] = None,
+) -> None:
+    """Export a run to ONNX (optimum's layout, RUN/onnx/), verified against transformers' logits."""
+    _quiet_libraries()
+
+    def go():
+        import json
+
+        from llmkit import export as command
+
+        record = command.main(run, quantize=quantize, data=data)
+        print(json.dumps({"export": str(Path(run).expanduser().resolve() / "onnx"), **{
+            k: record[k] for k in ("task", "architecture", "max_abs_diff")}, **({"int8": record["int8"]}
+                                                                                  if "int8" in record else {})}))
 
     guarded(go)
 
@@ -388,6 +423,7 @@ def serve(
                                                 "body.")] = 10.0,
     keep_alive_timeout: Annotated[float, typer.Option("--keep-alive-timeout", help="Seconds an idle connection "
                                                       "is kept open.")] = 5.0,
+    runtime: Runtime = "auto",
 ) -> None:
     """Keep models loaded and answer fill-mask / text-classification requests over HTTP (inference API shapes)."""
     _quiet_libraries()
@@ -395,7 +431,7 @@ def serve(
     def go():
         from llmkit import serve as command
 
-        command.main(models, host=host, port=port, device=device, precision=precision or "auto",
+        command.main(models, host=host, port=port, device=device, precision=precision or "auto", runtime=runtime,
                      max_batch=max_batch, api_key=api_key, insecure_no_key=insecure_no_key,
                      max_request_bytes=max_request_bytes, max_connections=max_connections, max_queue=max_queue,
                      header_timeout=header_timeout, body_timeout=body_timeout, keep_alive_timeout=keep_alive_timeout)

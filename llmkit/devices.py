@@ -29,6 +29,22 @@ def has_accelerator() -> bool:
     return torch.cuda.is_available() or bool(mps and mps.is_available()) or bool(xpu and xpu.is_available())
 
 
+def visible_accelerator() -> str:
+    """"cuda" or "mps" when this machine shows a GPU, judged without importing torch (a driver's device files,
+    an Apple-silicon Mac); "" otherwise. For choosing a runtime before torch is needed at all."""
+    import os
+    import platform
+    import sys
+
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
+        return ""
+    if any(Path(p).exists() for p in ("/dev/nvidiactl", "/dev/nvidia0", "/dev/kfd")):
+        return "cuda"
+    if sys.platform == "darwin" and platform.machine() == "arm64":
+        return "mps"
+    return ""
+
+
 def cpu_has_bf16() -> bool:
     try:
         flags = Path("/proc/cpuinfo").read_text()

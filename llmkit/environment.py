@@ -17,7 +17,8 @@ from typing import Any
 
 from llmkit.console import is_main_process
 
-PACKAGES = ("llmkit", "torch", "transformers", "datasets", "accelerate", "evaluate", "tokenizers", "typer")
+PACKAGES = ("llmkit", "torch", "transformers", "datasets", "accelerate", "evaluate", "tokenizers", "onnxruntime",
+            "uvicorn", "typer")
 
 # Accelerate configs that place processes on GPUs (or other accelerators), as opposed to NO / MULTI_CPU.
 DEVICE_TYPES = {"MULTI_GPU", "FSDP", "DEEPSPEED", "MEGATRON_LM", "MULTI_NPU", "MULTI_MLU", "MULTI_SDAA",

@@ -62,6 +62,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from llmkit import devices, inference
 from llmkit.console import log, warn
 from llmkit.errors import ConfigError, DataError
@@ -76,25 +78,26 @@ NO_TEXTS = "No input texts. Give texts with a mask, e.g. \"Paris is the [MASK] o
 
 def main(model: str, texts: Sequence[str], input_file: str | None = None, top_k: int = 5,
          targets: str | Sequence[str] | None = None, as_json: bool = False, batch_size: int = 64,
-         device: str | None = None, precision: str = "auto") -> None:
+         device: str | None = None, precision: str = "auto", runtime: str = "auto") -> None:
     """`llmkit fill-mask`: predictions for every input text on stdout (a table, or JSON Lines with `as_json`),
     written as each batch is done."""
-    # 1. options, the tokenizer and the first texts checked before the model is loaded
+    # 1. options, the runtime, the tokenizer and the first texts checked before the model is loaded
     check_options(top_k, batch_size, precision)
-    devices.precision(precision, devices.device(device).type)
+    runtime, _ = inference.choose_runtime(model, runtime, device, precision)
+    if runtime == "torch":
+        devices.precision(precision, devices.device(device).type)
     batches = (b for b in inference.text_batches(texts, input_file, size=max(4 * batch_size, 2048)) if b)
     first = next(batches, None)
     if first is None:
         where = {None: "", "-": " in stdin"}.get(input_file, f" in '{input_file}'")
         raise DataError(NO_TEXTS.replace("No input texts.", f"No input texts{where}."))
-    tokenizer, config = _tokenizer_and_config(model)
+    tokenizer, config = _tokenizer_and_config(model, runtime)
     encoded = encode(tokenizer, first, inference.window(config, tokenizer))
     target_ids = resolve_targets(tokenizer, targets) if targets is not None else None
 
     # 2. the model, once
-    filler = load(model, device, precision, tokenizer=tokenizer, config=config)
-    log(f"fill-mask: {type(filler.model).__name__} ({filler.runtime}) on {filler.device}, {filler.precision} "
-        f"({filler.why})")
+    filler = load(model, device, precision, tokenizer=tokenizer, config=config, runtime=runtime)
+    log(f"fill-mask: {filler.describe()}")
 
     # 3. results on stdout, batch by batch
     results = _fill(filler, first, encoded, top_k, target_ids, batch_size)
@@ -126,8 +129,8 @@ def check_options(top_k: int, batch_size: int, precision: str) -> None:
     devices.check_precision(precision)
 
 
-def _tokenizer_and_config(model: str | Path) -> tuple[Any, Any]:
-    return inference.load_tokenizer_and_config(str(model), "fill-mask")
+def _tokenizer_and_config(model: str | Path, runtime: str) -> tuple[Any, Any]:
+    return inference.load_tokenizer_and_config(str(model), "fill-mask", runtime=runtime)
 
 
 # ---------------------------------------------------------------- the Python API
@@ -141,11 +144,14 @@ class MaskFiller(inference.Loaded):
 
 
 def load(model: str | Path, device: str | None = None, precision: str = "auto", tokenizer: Any = None,
-         config: Any = None, trust_remote_code: bool = False) -> MaskFiller:
-    """Load a masked-LM checkpoint (a path, an llmkit run or a hub name) for `fill_mask`."""
+         config: Any = None, trust_remote_code: bool = False, runtime: str = "auto") -> MaskFiller:
+    """Load a masked-LM checkpoint (a path, an llmkit run or a hub name) for `fill_mask`; `runtime`: auto | torch |
+    onnx | onnx-int8 (`inference.choose_runtime`)."""
+    loaded = inference.load(model, "fill-mask", device, precision, trust_remote_code, tokenizer, config, runtime)
+    if loaded.runtime != "torch":
+        return MaskFiller(**vars(loaded))
     from llmkit import modeling
 
-    loaded = inference.load(model, "fill-mask", device, precision, trust_remote_code, tokenizer, config)
     filler = MaskFiller(**vars(loaded), head=modeling.MaskedPositionsHead(loaded.model))
     # DistilBERT-style heads are several sibling modules: only the first would leave autocast.
     whole_head = filler.head.available and filler.head.head is not getattr(filler.model, "vocab_transform", None)
@@ -162,12 +168,13 @@ def load(model: str | Path, device: str | None = None, precision: str = "auto", 
 
 def fill_mask(model: str | Path | MaskFiller, texts: str | Sequence[str], top_k: int = 5,
               targets: str | Sequence[str] | None = None, batch_size: int = 64, device: str | None = None,
-              precision: str = "auto", target_ids: list[int] | None = None) -> list[dict[str, Any]]:
+              precision: str = "auto", target_ids: list[int] | None = None,
+              runtime: str = "auto") -> list[dict[str, Any]]:
     """Predictions for each text, in input order, as plain data (schema in the module docstring).
 
     `model`: a path, hub name or a `MaskFiller` from `load` (then `device` and `precision` are the filler's).
     `targets`: words to score instead of the whole vocabulary (a list, or one comma-separated string).
-    `precision`: auto | fp32 | bf16 (| fp16 on CUDA).
+    `precision`: auto | fp32 | bf16 (| fp16 on CUDA). `runtime`: auto | torch | onnx | onnx-int8.
     """
     texts = [texts] if isinstance(texts, str) else list(texts)
     # 1. everything cheap first: options, inputs, the model folder, tokenizer, masks, targets
@@ -178,7 +185,9 @@ def fill_mask(model: str | Path | MaskFiller, texts: str | Sequence[str], top_k:
     if wrong is not None:
         raise DataError(f"Texts must be strings; text {wrong + 1} is a {type(texts[wrong]).__name__}.")
     filler = model if isinstance(model, MaskFiller) else None
-    tokenizer, config = (filler.tokenizer, None) if filler else _tokenizer_and_config(model)
+    if filler is None:
+        runtime, _ = inference.choose_runtime(model, runtime, device, precision)
+    tokenizer, config = (filler.tokenizer, None) if filler else _tokenizer_and_config(model, runtime)
     window = filler.window if filler else inference.window(config, tokenizer)
     encoded = encode(tokenizer, texts, window)
     if targets is not None:
@@ -186,7 +195,7 @@ def fill_mask(model: str | Path | MaskFiller, texts: str | Sequence[str], top_k:
 
     # 2. the model, once
     if filler is None:
-        filler = load(model, device, precision, tokenizer=tokenizer, config=config)
+        filler = load(model, device, precision, tokenizer=tokenizer, config=config, runtime=runtime)
     return _fill(filler, texts, encoded, top_k, target_ids, batch_size)
 
 
@@ -203,11 +212,23 @@ def _fill(filler: MaskFiller, texts: list[str], encoded: list[Encoded], top_k: i
     # 3. length-sorted, dynamically padded batches; results back in input order
     results: list[dict[str, Any]] = [{} for _ in texts]
     words: dict[int, str] = {}
-    for chunk in inference.by_length([len(e.ids) for e in encoded], batch_size):
+    for chunk in inference.by_length([len(e.ids) for e in encoded], batch_size, _token_budget(filler, batch_size)):
         for i, result in zip(chunk, predict_batch(filler, [encoded[i] for i in chunk], top_k, target_ids)):
             results[i] = {"text": texts[i], "truncated": encoded[i].truncated, **result}
             place_in_text(results[i], encoded[i].spans, tokenizer, words)
     return results
+
+
+ONNX_LOGITS_BYTES = 64 << 20  # an export computes logits at every position: [batch, length, vocabulary] fp32
+
+
+def _token_budget(filler: MaskFiller, batch_size: int) -> int | None:
+    """Padded tokens per batch: the default, except on ONNX Runtime, whose export returns the vocabulary logits of
+    every position (without its masked-positions graph), bounded here to ONNX_LOGITS_BYTES per batch."""
+    if filler.runtime == "torch" or filler.model.takes_positions:
+        return None
+    vocabulary = int(getattr(filler.model.config, "vocab_size", 0) or len(filler.tokenizer))
+    return max(1, min(batch_size * inference.TOKENS_PER_TEXT, ONNX_LOGITS_BYTES // (4 * vocabulary)))
 
 
 def place_in_text(result: dict[str, Any], spans: list[tuple[int | None, int | None]], tokenizer: Any,
@@ -377,44 +398,51 @@ def resolve_targets(tokenizer: Any, targets: str | Iterable[str]) -> list[int]:
 # ---------------------------------------------------------------- predicting
 
 
-def _forward(filler: MaskFiller, ids: Any, attention: Any, types: Any, at: Any) -> Any:
-    """Logits at the positions `at` (a [batch, length] boolean mask), in row-major order: [n, vocabulary]."""
-    inputs = {"input_ids": ids, "attention_mask": attention}
-    if types is not None:
-        inputs["token_type_ids"] = types
-    with filler.autocast():
-        if filler.runtime == "llmkit.lite":  # takes the positions itself (its last layer runs only there)
-            return filler.model(**inputs, positions=at).logits.float()
-        filler.head.positions = at if filler.head.available else None
+def _forward(filler: MaskFiller, inputs: dict[str, np.ndarray], at: np.ndarray) -> np.ndarray:
+    """Logits at the positions `at` (a [batch, length] boolean mask), in row-major order: [n, vocabulary], fp32.
+    With torch the vocabulary head runs only there (`modeling.MaskedPositionsHead`)."""
+    if filler.runtime != "torch" and filler.model.takes_positions:
+        return filler.model(inputs, positions=np.flatnonzero(at)).astype(np.float32, copy=False)
+    if filler.runtime != "torch":
+        return filler.logits(inputs)[at].astype(np.float32, copy=False)
+    import torch
+
+    with torch.inference_mode(), filler.autocast():
+        where = torch.from_numpy(at).to(filler.device)
+        filler.head.positions = where if filler.head.available else None
         try:
-            logits = filler.model(**inputs).logits
+            logits = filler.logits(inputs)
         finally:
             filler.head.positions = None
-    return (logits if filler.head.available else logits[at]).float()
+        return inference.to_numpy(logits if filler.head.available else logits[where])
+
+
+def _top(probs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(scores, indices) of the k largest values per row, largest first."""
+    k = min(k, probs.shape[-1])
+    part = np.argpartition(-probs, k - 1, axis=-1)[:, :k]
+    values = np.take_along_axis(probs, part, axis=-1)
+    order = np.argsort(-values, axis=-1, kind="stable")
+    return np.take_along_axis(values, order, axis=-1), np.take_along_axis(part, order, axis=-1)
 
 
 def predict_batch(filler: MaskFiller, batch: list[Encoded], top_k: int,
                   target_ids: list[int] | None) -> list[dict[str, Any]]:
-    """Candidates per mask and the joint best filling for a batch of encoded texts (one padded tensor)."""
-    import torch
-
+    """Candidates per mask and the joint best filling for a batch of encoded texts (one padded batch)."""
     inputs = inference.pad([e.ids for e in batch], [e.type_ids for e in batch] if batch[0].type_ids is not None
-                           else None, filler.tokenizer.pad_token_id, filler.device)
-    ids, attention, types = inputs["input_ids"], inputs["attention_mask"], inputs.get("token_type_ids")
-    targets = torch.tensor(target_ids, device=filler.device) if target_ids is not None else None
-    with torch.inference_mode():
-        # 1. every mask scored with all the others still masked (the pipeline's per-mask candidates)
-        at = ids == filler.tokenizer.mask_token_id
-        probs = _forward(filler, ids, attention, types, at).softmax(-1)
-        if targets is not None:
-            probs = probs[:, targets]
-        scores, choices = probs.topk(min(top_k, probs.shape[-1]), dim=-1)
-        if targets is not None:
-            choices = targets[choices]
-        scores, choices = scores.cpu().tolist(), choices.cpu().tolist()
-        # 2. the joint best filling: greedy, most confident open mask first
-        best = _greedy_fill(filler, ids, attention, types, at, probs, targets)
-    return _records(batch, scores, choices, best, filler.tokenizer)
+                           else None, filler.tokenizer.pad_token_id)
+    targets = np.asarray(target_ids, dtype=np.int64) if target_ids is not None else None
+    # 1. every mask scored with all the others still masked (the pipeline's per-mask candidates)
+    at = inputs["input_ids"] == filler.tokenizer.mask_token_id
+    probs = inference.softmax(_forward(filler, inputs, at))
+    if targets is not None:
+        probs = probs[:, targets]
+    scores, choices = _top(probs, top_k)
+    if targets is not None:
+        choices = targets[choices]
+    # 2. the joint best filling: greedy, most confident open mask first
+    best = _greedy_fill(filler, inputs, at, probs, targets)
+    return _records(batch, scores.tolist(), choices.tolist(), best, filler.tokenizer)
 
 
 def _records(batch: list[Encoded], scores: list[list[float]], choices: list[list[int]],
@@ -462,17 +490,15 @@ def _filled(ids: list[int], fills: dict[int, int], masks: list[int], special: se
     return out
 
 
-def _greedy_fill(filler: MaskFiller, ids: Any, attention: Any, types: Any, at: Any, probs: Any,
-                 targets: Any) -> list[tuple[list[int], float]]:
+def _greedy_fill(filler: MaskFiller, inputs: dict[str, np.ndarray], at: np.ndarray, probs: np.ndarray,
+                 targets: np.ndarray | None) -> list[tuple[list[int], float]]:
     """(token ids left to right, score) per row: fix the most confident open mask, re-predict the rest, repeat."""
-    import torch
-
-    rows = at.nonzero().tolist()  # [(row, position)] in the order of `probs`
-    filled: list[dict[int, int]] = [{} for _ in range(ids.shape[0])]
-    score = [1.0] * ids.shape[0]
-    current, open_at = ids.clone(), at.clone()
+    rows = np.argwhere(at).tolist()  # [(row, position)] in the order of `probs`
+    filled: list[dict[int, int]] = [{} for _ in range(at.shape[0])]
+    score = [1.0] * at.shape[0]
+    current, open_at = inputs["input_ids"].copy(), at.copy()
     while True:
-        top, token = probs.max(-1)
+        top, token = probs.max(-1), probs.argmax(-1)
         if targets is not None:
             token = targets[token]
         best_of_row: dict[int, tuple[float, int, int]] = {}
@@ -484,13 +510,12 @@ def _greedy_fill(filler: MaskFiller, ids: Any, attention: Any, types: Any, at: A
             score[row] *= p
             current[row, position] = t
             open_at[row, position] = False
-        still = open_at.any(-1)
-        if not still.any():
+        keep = np.flatnonzero(open_at.any(-1))
+        if not len(keep):
             break
-        keep = still.nonzero().squeeze(-1)
-        rows = [(int(keep[r]), c) for r, c in open_at[keep].nonzero().tolist()]
-        sub_types = types[keep] if types is not None else None
-        probs = _forward(filler, current[keep], attention[keep], sub_types, open_at[keep]).softmax(-1)
+        rows = [(int(keep[r]), c) for r, c in np.argwhere(open_at[keep]).tolist()]
+        sub = {k: (current if k == "input_ids" else v)[keep] for k, v in inputs.items()}
+        probs = inference.softmax(_forward(filler, sub, open_at[keep]))
         if targets is not None:
             probs = probs[:, targets]
     return [([f[p] for p in sorted(f)], s) for f, s in zip(filled, score)]

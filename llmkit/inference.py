@@ -4,9 +4,9 @@ One path for `llmkit fill-mask`, `llmkit predict`, fine-tuning's evaluation pred
 
 - `load(name, task)`: the checkpoint's tokenizer and model, weights in fp32 whatever dtype they were saved in,
   on the chosen device, in eval mode; the precision decided once (`devices.precision`: bf16 autocast where the
-  hardware has it, else fp32; fp16 on CUDA when asked). A local BERT or ModernBERT masked-LM or classifier is
-  read by `llmkit.lite` (the same model and tokenizer without importing transformers: a cold start in ~0.4x the
-  time); everything else by transformers;
+  hardware has it, else fp32; fp16 on CUDA when asked), on the runtime `choose_runtime` picks: transformers' own
+  model class (torch), or ONNX Runtime on the run's verified export (`llmkit.ort`: no torch or transformers
+  import, so a cold start on a CPU takes a fraction of the time);
 - `by_length`: batches of similar length, longest first, bounded in texts and padded tokens (little padding; an
   out-of-memory error comes early);
 - `tokenize` / `pad` / `decode` / `backend`: encodings and decodings straight through a fast tokenizer's Rust
@@ -17,6 +17,7 @@ One path for `llmkit fill-mask`, `llmkit predict`, fine-tuning's evaluation pred
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 import sys
@@ -29,11 +30,14 @@ from typing import Any
 import numpy as np
 
 from llmkit import devices
-from llmkit.errors import DataError, ModelError
+from llmkit.errors import ConfigError, DataError, ModelError, did_you_mean
 
 TASKS = ("fill-mask", "text-classification")
 PROBLEM_TYPES = {"single_label_classification": "single_label", "multi_label_classification": "multi_label",
                  "regression": "regression"}
+
+
+RUNTIMES = ("auto", "torch", "onnx", "onnx-int8")
 
 
 @dataclass
@@ -42,15 +46,17 @@ class Loaded:
 
     name: str
     task: str
-    model: Any
+    model: Any  # a transformers model, or an `ort.Model`
     tokenizer: Any
-    device: Any  # torch.device
-    precision: str  # bf16 | fp16 | fp32: the autocast dtype of the forward pass
+    device: Any  # torch.device; "cpu" for ONNX Runtime
+    precision: str  # bf16 | fp16 | fp32 | int8: the compute precision of the forward pass
     why: str  # why that precision
     window: int  # the longest input the model takes, in tokens
-    runtime: str = "transformers"  # or "llmkit.lite"
+    runtime: str = "torch"  # torch (transformers' model) | onnx | onnx-int8 (ONNX Runtime on the run's export)
 
     def autocast(self) -> Any:
+        if self.runtime != "torch":
+            return contextlib.nullcontext()
         return devices.autocast(self.precision, self.device)
 
     @property
@@ -63,43 +69,103 @@ class Loaded:
         config = self.model.config
         return PROBLEM_TYPES.get(config.problem_type or "", "regression" if config.num_labels == 1 else "single_label")
 
+    def describe(self) -> str:
+        """What runs, where and in what precision, for the log."""
+        if self.runtime == "torch":
+            return f"{type(self.model).__name__} (transformers) on {self.device}, {self.precision} ({self.why})"
+        architecture = (self.model.config.architectures or ["model"])[0]
+        return f"{architecture} (ONNX Runtime, {self.model.file.name}) on cpu, {self.precision} ({self.why})"
+
+    def logits(self, inputs: dict[str, np.ndarray]) -> Any:
+        """The model's logits for a padded numpy batch (`pad`): a numpy array from ONNX Runtime, a tensor on the
+        device from torch (call inside `torch.inference_mode()` and `autocast()`)."""
+        if self.runtime != "torch":
+            return self.model(inputs)
+        import torch
+
+        return self.model(**{k: torch.from_numpy(v).to(self.device) for k, v in inputs.items()}).logits
+
+
+def choose_runtime(name: str | Path, requested: str = "auto", device: str | None = None,
+                   precision: str = "auto", trust_remote_code: bool = False) -> tuple[str, str]:
+    """(runtime, why): where a model runs for inference.
+
+    torch runs transformers' own model class (any checkpoint, any device, bf16 autocast where the hardware has it).
+    onnx runs ONNX Runtime on the run's export in fp32 (onnx-int8: its int8 export), on the CPU, without importing
+    torch or transformers; an export is used only while it is fresh (made from the weights the folder holds now).
+    auto: onnx on a CPU when a fresh export is there and nothing asks for torch; else torch, saying why."""
+    from llmkit import ort
+
+    if requested not in RUNTIMES:
+        raise ConfigError(f"--runtime must be one of {', '.join(RUNTIMES)}, got '{requested}'."
+                          f"{did_you_mean(requested, RUNTIMES)}")
+    if requested == "torch":
+        return "torch", "--runtime torch"
+    gpu = device if (device or "cpu") != "cpu" else (devices.visible_accelerator() if device is None else "")
+    if requested == "auto" and (gpu or precision not in ("auto", "fp32") or trust_remote_code):
+        return "torch", f"a {gpu} device" if gpu else ("remote code" if trust_remote_code else f"{precision} asked")
+    if gpu and device:
+        raise ConfigError(f"--runtime {requested} runs on the CPU; --device {device} needs --runtime torch.")
+    if precision not in ("auto", "fp32"):
+        raise ConfigError(f"--runtime {requested} computes in {'int8' if requested == 'onnx-int8' else 'fp32'}; "
+                          f"--precision {precision} needs --runtime torch.")
+    if (Path(name).expanduser() / "config.json").is_file():
+        fresh, why = ort.status(name, quantized=requested == "onnx-int8")
+    else:
+        fresh, why = False, f"'{name}' is not a local model folder"
+    if requested == "auto":
+        return ("onnx", why) if fresh else ("torch", why)
+    if not fresh:
+        raise ModelError(f"Cannot use --runtime {requested}: {why}.")
+    return requested, why
+
 
 def load(name: str | Path, task: str, device: str | None = None, precision: str = "auto",
-         trust_remote_code: bool = False, tokenizer: Any = None, config: Any = None) -> Loaded:
-    """Load a checkpoint (a path, a run directory or a hub name) for `task`: fill-mask or text-classification."""
-    from llmkit import lite, modeling
-
+         trust_remote_code: bool = False, tokenizer: Any = None, config: Any = None,
+         runtime: str = "auto") -> Loaded:
+    """Load a checkpoint (a path, a run directory or a hub name) for `task`: fill-mask or text-classification.
+    `runtime`: auto | torch | onnx | onnx-int8 (see `choose_runtime`)."""
     name = str(name)
     devices.check_precision(precision)
-    target = devices.device(device)
-    chosen, why = devices.precision(precision, target.type)
+    chosen_runtime, because = choose_runtime(name, runtime, device, precision, trust_remote_code)
     if config is None or tokenizer is None:
-        tokenizer, config = load_tokenizer_and_config(name, task, trust_remote_code, tokenizer)
+        tokenizer, config = load_tokenizer_and_config(name, task, trust_remote_code, tokenizer, chosen_runtime)
     if task == "text-classification":
         check_classifier(name, config)
-    if lite.is_lite(config):
-        model, runtime = lite.load_model(name, config), "llmkit.lite"
-        lite.cast_for_autocast(model, chosen)
-    elif task == "fill-mask":
-        model, runtime = modeling.load_trained_mlm(name, config, trust_remote_code), "transformers"
+    if chosen_runtime != "torch":
+        from llmkit import ort
+
+        masked = Path(name).expanduser() / ort.EXPORT_DIR / ort.MASKED_FILE
+        use_masked = task == "fill-mask" and chosen_runtime == "onnx" and masked.is_file()
+        model = ort.Model(name, quantized=chosen_runtime == "onnx-int8", file=masked if use_masked else None)
+        return Loaded(name, task, model, tokenizer, "cpu", "int8" if model.quantized else "fp32",
+                      because, window(config, tokenizer), chosen_runtime)
+    from llmkit import modeling
+
+    target = devices.device(device)
+    chosen, why = devices.precision(precision, target.type)
+    if task == "fill-mask":
+        model = modeling.load_trained_mlm(name, config, trust_remote_code)
     else:
         model, _, _ = modeling.load_pretrained("AutoModelForSequenceClassification", name, config, "sdpa",
                                                trust_remote_code)
-        runtime = "transformers"
     return Loaded(name, task, model.to(target).eval(), tokenizer, target, chosen, why, window(config, tokenizer),
-                  runtime)
+                  "torch")
 
 
-def load_tokenizer_and_config(name: str, task: str, trust_remote_code: bool = False,
-                              tokenizer: Any = None) -> tuple[Any, Any]:
-    """(tokenizer, config) of a checkpoint: `llmkit.lite`'s where it reads the checkpoint (no transformers import;
-    a tokenizer given is used as is), else transformers'."""
-    from llmkit import lite, modeling
+def load_tokenizer_and_config(name: str, task: str, trust_remote_code: bool = False, tokenizer: Any = None,
+                              runtime: str = "torch") -> tuple[Any, Any]:
+    """(tokenizer, config) of a checkpoint: transformers' for torch; read from the files for ONNX Runtime (no
+    torch or transformers import). A tokenizer given is used as is."""
+    from llmkit import modeling
 
     name = str(name)
     modeling.check_model_path(name)
-    if not trust_remote_code and lite.unsupported(name, task) is None:
-        return check_tokenizer(name, task, tokenizer or lite.Tokenizer(name)), lite.read_config(name)
+    if runtime != "torch":
+        from llmkit import ort
+
+        inputs = (ort.manifest(name) or {}).get("inputs")
+        return check_tokenizer(name, task, tokenizer or ort.Tokenizer(name, inputs)), ort.read_config(name)
     config = modeling.read_config(name, trust_remote_code)
     return tokenizer or load_tokenizer(name, task, trust_remote_code), config
 
@@ -137,12 +203,13 @@ def window(config: Any, tokenizer: Any) -> int:
 TOKENS_PER_TEXT = 64  # a batch holds at most batch_size x this many (padded) tokens
 
 
-def by_length(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+def by_length(lengths: Sequence[int], batch_size: int, max_tokens: int | None = None) -> list[list[int]]:
     """Indices in batches of similar length, longest first: at most `batch_size` texts and, for long texts, at most
-    batch_size x TOKENS_PER_TEXT padded tokens (one text at least), so memory per batch stays bounded whatever the
-    lengths (a batch of 64 texts of 512 tokens held ~150 MB of fp32 temporaries) and typical texts still fill it."""
+    `max_tokens` (default batch_size x TOKENS_PER_TEXT) padded tokens (one text at least), so memory per batch stays
+    bounded whatever the lengths (a batch of 64 texts of 512 tokens held ~150 MB of fp32 temporaries) and typical
+    texts still fill it."""
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    budget, batches, start = batch_size * TOKENS_PER_TEXT, [], 0
+    budget, batches, start = max_tokens or batch_size * TOKENS_PER_TEXT, [], 0
     while start < len(order):
         size = max(1, min(batch_size, budget // max(1, lengths[order[start]])))  # the first is the longest
         batches.append(order[start:start + size])
@@ -156,17 +223,30 @@ def by_length(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
 def classify(loaded: Loaded, texts: Sequence[str], pairs: Sequence[str] | None = None,
              batch_size: int = 64) -> np.ndarray:
     """Raw outputs [N, num_labels] in input order."""
-    import torch
-
     tokenizer = loaded.tokenizer
     ids, types = tokenize(tokenizer, texts, pairs, loaded.window)
     out = np.zeros((len(texts), loaded.model.config.num_labels), dtype=np.float32)
-    with torch.inference_mode(), loaded.autocast():
+    with _no_grad(loaded), loaded.autocast():
         for index in by_length([len(row) for row in ids], batch_size):
             batch = pad([ids[i] for i in index], [types[i] for i in index] if types else None,
-                        tokenizer.pad_token_id, loaded.device)
-            out[index] = loaded.model(**batch).logits.float().cpu().numpy()
+                        tokenizer.pad_token_id)
+            out[index] = to_numpy(loaded.logits(batch))
     return out
+
+
+def _no_grad(loaded: Loaded) -> Any:
+    if loaded.runtime != "torch":
+        return contextlib.nullcontext()
+    import torch
+
+    return torch.inference_mode()
+
+
+def to_numpy(values: Any) -> np.ndarray:
+    """fp32 numpy of a tensor (any device, any dtype) or of an array."""
+    if isinstance(values, np.ndarray):
+        return values.astype(np.float32, copy=False)
+    return values.float().cpu().numpy()
 
 
 def tokenize(tokenizer: Any, texts: Sequence[str], pairs: Sequence[str] | None,
@@ -221,12 +301,10 @@ def decode(tokenizer: Any, sequences: list[list[int]], skip_special_tokens: bool
 PAD_MULTIPLE = 8  # padded lengths are rounded up to this: fewer distinct shapes, smaller kernel caches
 
 
-def pad(ids: Sequence[Sequence[int]], types: Sequence[Sequence[int]] | None, pad_id: int | None,
-        device: Any) -> dict[str, Any]:
-    """Model inputs for a batch, right-padded (as `tokenizer.pad` pads) to its longest row rounded up to
-    PAD_MULTIPLE, on `device`."""
-    import torch
-
+def pad(ids: Sequence[Sequence[int]], types: Sequence[Sequence[int]] | None,
+        pad_id: int | None) -> dict[str, np.ndarray]:
+    """Model inputs for a batch as int64 numpy arrays, right-padded (as `tokenizer.pad` pads) to its longest row
+    rounded up to PAD_MULTIPLE."""
     length = -(-max(len(row) for row in ids) // PAD_MULTIPLE) * PAD_MULTIPLE
     padded = np.full((len(ids), length), pad_id if pad_id is not None else 0, dtype=np.int64)
     attention = np.zeros((len(ids), length), dtype=np.int64)
@@ -238,7 +316,7 @@ def pad(ids: Sequence[Sequence[int]], types: Sequence[Sequence[int]] | None, pad
         batch["token_type_ids"] = np.zeros((len(ids), length), dtype=np.int64)
         for r, row in enumerate(types):
             batch["token_type_ids"][r, :len(row)] = row
-    return {k: torch.from_numpy(v).to(device) for k, v in batch.items()}
+    return batch
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

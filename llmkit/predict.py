@@ -1,9 +1,9 @@
 """`llmkit predict`: classify texts with a fine-tuned model; label names and scores, in input order.
 
 Inputs are read by `data.labeled.read_inputs` (arguments, any table format fine-tuning reads, plain-text lines,
-stdin); the model runs through `inference` (loaded once, batched by length, `torch.inference_mode`, bf16
-autocast where the hardware has it). This module does not import the `Trainer`, so `llmkit predict` starts
-quickly.
+stdin); the model runs through `inference` (loaded once, batched by length; transformers' model under
+`torch.inference_mode` with bf16 autocast where the hardware has it, or ONNX Runtime on the run's export, which
+imports neither torch nor transformers: `--runtime`). This module does not import the `Trainer`.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from llmkit.errors import DataError
 
 def main(model: str, texts: Sequence[str], input_file: str | None = None, output: str | None = None,
          as_json: bool = False, text_column: str | None = None, text_pair_column: str | None = None,
-         batch_size: int = 64, device: str | None = None) -> list[dict[str, Any]]:
+         batch_size: int = 64, device: str | None = None, runtime: str = "auto") -> list[dict[str, Any]]:
     """Classify `texts` (or the texts of `input_file`) and print or write the predictions."""
     # 1. inputs and output checked before the model loads
     rows, pairs = labeled.read_inputs(texts, input_file, text_column, text_pair_column, DataConfig())
@@ -32,7 +32,8 @@ def main(model: str, texts: Sequence[str], input_file: str | None = None, output
         raise DataError(f"--batch-size must be >= 1, got {batch_size}.")
 
     # 2. model, loaded once
-    classifier = inference.load(model, "text-classification", device)
+    classifier = inference.load(model, "text-classification", device, runtime=runtime)
+    log(f"predict: {classifier.describe()}")
 
     # 3. predictions in input order
     logits = inference.classify(classifier, rows, pairs, batch_size)

@@ -491,24 +491,24 @@ def protocol_class() -> type:
 
 
 def load_models(models: list[str], device: str | None, precision: str, max_batch: int,
-                jobs: "queue.Queue[Job]") -> dict[str, ModelWorker]:
+                jobs: "queue.Queue[Job]", runtime: str = "auto") -> dict[str, ModelWorker]:
     """Each model loaded once: masked LMs for fill-mask, sequence classifiers for text-classification."""
-    from llmkit import fillmask, inference, lite, modeling
+    from llmkit import fillmask, inference, modeling, ort
 
     workers = {}
     for model in models:
         modeling.check_model_path(model)
         local = (Path(model).expanduser() / "config.json").is_file()
-        architectures = (lite.read_config(model) if local else modeling.read_config(model)).architectures or []
+        architectures = (ort.read_config(model) if local else modeling.read_config(model)).architectures or []
         task = "text-classification" if any(a.endswith("ForSequenceClassification") for a in architectures) \
             else "fill-mask"
-        loaded = fillmask.load(model, device, precision) if task == "fill-mask" else \
-            inference.load(model, task, device, precision)
+        loaded = fillmask.load(model, device, precision, runtime=runtime) if task == "fill-mask" else \
+            inference.load(model, task, device, precision, runtime=runtime)
         name = Path(model).name if Path(model).exists() else model
         if name in workers:
             raise ConfigError(f"Two models are named '{name}'. Give models with different names.")
         workers[name] = ModelWorker(name, task, loaded, max_batch, jobs)
-        log(f"serve: /models/{name}: {task}, {type(loaded.model).__name__} on {loaded.device}, {loaded.precision}")
+        log(f"serve: /models/{name}: {task}, {loaded.describe()}")
     return workers
 
 
@@ -557,7 +557,7 @@ def http_server(app: Guard, sock: socket.socket, limits: Limits) -> Any:
 
 def main(models: list[str], host: str = "127.0.0.1", port: int = 8000, device: str | None = None,
          precision: str = "auto", max_batch: int = 64, api_key: str | None = None, insecure_no_key: bool = False,
-         **limits: float) -> None:
+         runtime: str = "auto", **limits: float) -> None:
     """Serve until SIGTERM or Ctrl-C. `limits`: the fields of `Limits` (max_request_bytes, header_timeout, ...)."""
     limits = Limits(**limits)
     if not models:
@@ -568,7 +568,7 @@ def main(models: list[str], host: str = "127.0.0.1", port: int = 8000, device: s
     check_access(host, api_key or None, insecure_no_key)
     sock = listen(host, port)
     jobs: queue.Queue[Job] = queue.Queue(maxsize=limits.max_queue)
-    workers = load_models(models, device, precision, max_batch, jobs)
+    workers = load_models(models, device, precision, max_batch, jobs, runtime)
     server = http_server(Guard(build_app(workers, limits), api_key or None, limits.max_connections), sock, limits)
     stop = threading.Event()
 
