@@ -4,15 +4,17 @@
     python benchmarks/fill_mask.py --model runs/mlm     # an llmkit pretrain run (or any masked-LM folder)
     python benchmarks/fill_mask.py --quick              # 200 sentences, fewer repeats: a smoke run
 
-Measures, as medians of a few repeats:
+The model gets an `llmkit export` first (its time is printed). Measures, as medians of a few repeats:
 1. throughput (sentences/s) on N real sentences (Python standard library docstrings, one word masked each),
    model already loaded: the plain HF way (`pipeline("fill-mask")` called per sentence; also given the whole
-   list with batch_size, for reference) versus `llmkit.fill_mask` in fp32 and in bf16 autocast, with the top-1
-   agreement and the largest score difference against the per-sentence pipeline;
-2. cold start: wall time of one prediction from a fresh process, `llmkit fill-mask MODEL "..."` versus a
-   one-line Python script using `pipeline`;
+   list with batch_size, for reference) versus `llmkit.fill_mask` on transformers' model in fp32 and in bf16
+   autocast and on ONNX Runtime (fp32), with the top-1 agreement and the largest score difference against the
+   per-sentence pipeline, and ONNX Runtime's top-1 against the torch path in fp32;
+2. cold start: one prediction from a fresh process (wall time and peak RSS), `llmkit fill-mask` on each runtime
+   versus a plain script that loads `pipeline` and answers one line;
 3. whole process on a file of 3,000 sentences (`--whole N`): `llmkit fill-mask MODEL --input-file F --json`
-   versus a plain script that calls the pipeline per line and prints JSON: wall time and peak RSS.
+   on each runtime versus the same plain script, which calls the pipeline per line and prints JSON: wall time
+   and peak RSS.
 Without --model, a `mini` BERT (4 layers x 256 hidden) is built from a config, with a 16k WordPiece tokenizer
 trained on the same docstrings; its weights are random, which does not change the speed. Figures on a shared
 machine are indicative.
@@ -96,16 +98,24 @@ def agreement(ours: list[dict], reference: list[list[dict]]) -> tuple[float, flo
     return top1 / len(ours), topk / len(ours), overlap / len(ours), worst
 
 
-def cold_start(model: str, repeats: int) -> dict[str, float]:
-    """Median wall seconds of one prediction from a new process: a one-line pipeline script versus the CLI."""
-    script = (f"from transformers import pipeline; "
-              f"print(pipeline('fill-mask', model={model!r}, device='cpu')({COLD_TEXT!r}))")
-    commands = {
-        "python -c 'pipeline(\"fill-mask\", ...)(text)'": [sys.executable, "-c", script],
-        "llmkit fill-mask MODEL text": [sys.executable, "-m", "llmkit", "fill-mask", model, COLD_TEXT,
-                                        "--device", "cpu"],
-    }
-    return {name: statistics.median(t) for name, t in common.fresh_processes(commands, repeats).items()}
+def llmkit_commands(model: str, inputs: Path) -> dict[str, list[str]]:
+    """The plain pipeline script and `llmkit fill-mask` on each runtime, each reading `inputs`."""
+    ours = [sys.executable, "-m", "llmkit", "fill-mask", model, "--input-file", str(inputs), "--json"]
+    return {"python script: pipeline per line": [sys.executable, "-c", WHOLE_SCRIPT, model, str(inputs)],
+            "llmkit fill-mask --runtime torch": [*ours, "--runtime", "torch", "--device", "cpu"],
+            "llmkit fill-mask --runtime onnx": [*ours, "--runtime", "onnx"]}
+
+
+def export(model: str) -> float:
+    """`llmkit export MODEL` (replacing an older export); its wall seconds."""
+    import subprocess
+    import time
+
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "llmkit", "export", model], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"llmkit export failed:\n{done.stderr[-2000:]}")
+    return time.perf_counter() - start
 
 
 WHOLE_SCRIPT = common.pipeline_script("fill-mask", ", top_k=5")
@@ -131,15 +141,18 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="llmkit-bench-") as tmp:
         model = args.model or str(build_mini_model(Path(tmp) / "mini"))
+        export_seconds = export(model)
         texts = masked_sentences(n)
 
         # 1. throughput, model loaded once on each side
         device = "cuda" if torch.cuda.is_available() else "cpu"
         pipe = pipeline("fill-mask", model=model, device=device)
         shape = modeling.describe(pipe.model)
-        auto_filler = fm.load(model, device=device, precision="auto")
+        auto_filler = fm.load(model, device=device, precision="auto", runtime="torch")
         auto = auto_filler.precision
-        fillers = {precision: fm.load(model, device=device, precision=precision) for precision in ("fp32", "bf16")}
+        fillers = {precision: fm.load(model, device=device, precision=precision, runtime="torch")
+                   for precision in ("fp32", "bf16")}
+        fillers["onnx"] = fm.load(model, runtime="onnx")
         for filler in fillers.values():
             fm.fill_mask(filler, texts[:args.batch_size], top_k=5)  # warm-up: first-call allocations
         jobs = {
@@ -147,7 +160,8 @@ def main() -> None:
             f"pipeline(texts, batch_size={args.batch_size})": lambda: pipe(texts, top_k=5, batch_size=args.batch_size),
         }
         for precision, filler in fillers.items():
-            label = f"llmkit fill_mask {precision}" + (" (auto here)" if precision == auto else "")
+            label = "llmkit fill_mask onnx (fp32)" if precision == "onnx" else \
+                f"llmkit fill_mask {precision}" + (" (auto here)" if precision == auto else "")
             jobs[label] = (lambda f: lambda: fm.fill_mask(f, texts, top_k=5, batch_size=args.batch_size))(filler)
         seconds, outputs = interleaved_medians(jobs, repeats)
         reference = outputs['pipeline("fill-mask") per sentence']
@@ -159,19 +173,22 @@ def main() -> None:
             else:
                 rows.append((label, n / took, "-", "-", "-", "-"))
 
+        onnx_vs_torch = agreement(outputs["llmkit fill_mask onnx (fp32)"], [
+            [{"token_str": c["token"], "token": c["token_id"], "score": c["score"]} for c in r["masks"][0]["candidates"]]
+            for r in outputs[next(k for k in outputs if k.startswith("llmkit fill_mask fp32"))]])
+
         # 2. cold start: one prediction from a fresh process
-        cold = cold_start(model, repeats)
+        one = Path(tmp) / "one.txt"
+        one.write_text(COLD_TEXT + "\n", encoding="utf-8")
+        cold = common.whole_process(llmkit_commands(model, one), 1, repeats, Path(tmp) / "out.jsonl")
 
         # 3. a whole file, each side in a fresh process
         whole = {}
         if args.whole:
             inputs = Path(tmp) / "inputs.txt"
             inputs.write_text("\n".join(masked_sentences(args.whole, seed=1)) + "\n", encoding="utf-8")
-            whole = common.whole_process({
-                "python script: pipeline per line": [sys.executable, "-c", WHOLE_SCRIPT, model, str(inputs)],
-                "llmkit fill-mask --input-file F --json": [sys.executable, "-m", "llmkit", "fill-mask", model,
-                                                           "--input-file", str(inputs), "--json", "--device", "cpu"],
-            }, args.whole, repeats, Path(tmp) / "out.jsonl")
+            whole = common.whole_process(llmkit_commands(model, inputs), args.whole, repeats,
+                                         Path(tmp) / "out.jsonl")
 
     base = rows[0][1]
     print(f"\nfill-mask benchmark: {shape['architecture']} {shape['layers']}x{shape['hidden_size']}, vocabulary "
@@ -182,12 +199,22 @@ def main() -> None:
           f"{'same top-5':>11} {'top-5 shared':>13} {'max |dscore|':>13}")
     for label, rate, top1, top5, overlap, worst in rows:
         print(f"{label:<40} {rate:>12,.1f} {rate / base:>15.1f}x {top1:>11} {top5:>11} {overlap:>13} {worst:>13}")
-    print(f"\n{'cold start (one prediction, new process)':<40} {'wall s':>12} {'time vs pipeline':>16}")
-    (pipe_name, pipe_s), (ours_name, ours_s) = cold.items()
-    print(f"{pipe_name:<40} {pipe_s:>12.2f} {1.0:>15.2f}x")
-    print(f"{ours_name:<40} {ours_s:>12.2f} {ours_s / pipe_s:>15.2f}x")
+    print(f"\nONNX Runtime against the torch path in fp32: same top-1 {onnx_vs_torch[0]:.1%}, same top-5 "
+          f"{onnx_vs_torch[1]:.1%}, max |dscore| {onnx_vs_torch[3]:.1e}; llmkit export took {export_seconds:.1f} s")
+    print_ratios("cold start (one prediction, new process)", cold)
     if whole:
-        common.print_whole_process(f"whole process, {args.whole:,} sentences", whole)
+        print_ratios(f"whole process, {args.whole:,} sentences", whole)
+    common.write_results("fill-mask", {"model": shape, "sentences": n, "throughput": rows, "cold": cold,
+                                       "whole": whole, "onnx_vs_torch_fp32": onnx_vs_torch,
+                                       "export_seconds": export_seconds})
+
+
+def print_ratios(title: str, results: dict[str, tuple[float, float]]) -> None:
+    """Wall time and peak RSS of each command, and both as a fraction of the first (the pipeline script)."""
+    print(f"\n{title:<40} {'wall s':>10} {'time vs pipeline':>17} {'peak RSS MB':>12} {'RSS vs pipeline':>16}")
+    base_wall, base_peak = next(iter(results.values()))
+    for name, (wall, peak) in results.items():
+        print(f"{name:<40} {wall:>10.2f} {wall / base_wall:>16.2f}x {peak:>12,.0f} {peak / base_peak:>15.2f}x")
 
 
 if __name__ == "__main__":

