@@ -98,12 +98,14 @@ def agreement(ours: list[dict], reference: list[list[dict]]) -> tuple[float, flo
     return top1 / len(ours), topk / len(ours), overlap / len(ours), worst
 
 
-def llmkit_commands(model: str, inputs: Path) -> dict[str, list[str]]:
+def llmkit_commands(model: str, inputs: Path, no_onnx: bool = False) -> dict[str, list[str]]:
     """The plain pipeline script and `llmkit fill-mask` on each runtime, each reading `inputs`."""
     ours = [sys.executable, "-m", "llmkit", "fill-mask", model, "--input-file", str(inputs), "--json"]
-    return {"python script: pipeline per line": [sys.executable, "-c", WHOLE_SCRIPT, model, str(inputs)],
-            "llmkit fill-mask --runtime torch": [*ours, "--runtime", "torch", "--device", "cpu"],
-            "llmkit fill-mask --runtime onnx": [*ours, "--runtime", "onnx"]}
+    commands = {"python script: pipeline per line": [sys.executable, "-c", WHOLE_SCRIPT, model, str(inputs)],
+                "llmkit fill-mask --runtime torch": [*ours, "--runtime", "torch", "--device", "cpu"]}
+    if not no_onnx:
+        commands["llmkit fill-mask --runtime onnx"] = [*ours, "--runtime", "onnx"]
+    return commands
 
 
 def export(model: str) -> float:
@@ -130,6 +132,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--whole", type=int, default=3000, help="sentences in the whole-process file (0: skip)")
     parser.add_argument("--quick", action="store_true", help="a smoke run: 200 sentences, 2 repeats")
+    parser.add_argument("--no-onnx", action="store_true", help="the torch runtime only (no export; e.g. on a GPU "
+                                                                "machine without onnxscript)")
     args = parser.parse_args()
     n, repeats = (200, 2) if args.quick else (args.n, args.repeats)
 
@@ -141,7 +145,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="llmkit-bench-") as tmp:
         model = args.model or str(build_mini_model(Path(tmp) / "mini"))
-        export_seconds = export(model)
+        export_seconds = None if args.no_onnx else export(model)
         texts = masked_sentences(n)
 
         # 1. throughput, model loaded once on each side
@@ -152,7 +156,8 @@ def main() -> None:
         auto = auto_filler.precision
         fillers = {precision: fm.load(model, device=device, precision=precision, runtime="torch")
                    for precision in ("fp32", "bf16")}
-        fillers["onnx"] = fm.load(model, runtime="onnx")
+        if not args.no_onnx:
+            fillers["onnx"] = fm.load(model, runtime="onnx")
         for filler in fillers.values():
             fm.fill_mask(filler, texts[:args.batch_size], top_k=5)  # warm-up: first-call allocations
         jobs = {
@@ -173,21 +178,21 @@ def main() -> None:
             else:
                 rows.append((label, n / took, "-", "-", "-", "-"))
 
-        onnx_vs_torch = agreement(outputs["llmkit fill_mask onnx (fp32)"], [
+        onnx_vs_torch = None if args.no_onnx else agreement(outputs["llmkit fill_mask onnx (fp32)"], [
             [{"token_str": c["token"], "token": c["token_id"], "score": c["score"]} for c in r["masks"][0]["candidates"]]
             for r in outputs[next(k for k in outputs if k.startswith("llmkit fill_mask fp32"))]])
 
         # 2. cold start: one prediction from a fresh process
         one = Path(tmp) / "one.txt"
         one.write_text(COLD_TEXT + "\n", encoding="utf-8")
-        cold = common.whole_process(llmkit_commands(model, one), 1, repeats, Path(tmp) / "out.jsonl")
+        cold = common.whole_process(llmkit_commands(model, one, args.no_onnx), 1, repeats, Path(tmp) / "out.jsonl")
 
         # 3. a whole file, each side in a fresh process
         whole = {}
         if args.whole:
             inputs = Path(tmp) / "inputs.txt"
             inputs.write_text("\n".join(masked_sentences(args.whole, seed=1)) + "\n", encoding="utf-8")
-            whole = common.whole_process(llmkit_commands(model, inputs), args.whole, repeats,
+            whole = common.whole_process(llmkit_commands(model, inputs, args.no_onnx), args.whole, repeats,
                                          Path(tmp) / "out.jsonl")
 
     base = rows[0][1]
@@ -199,8 +204,9 @@ def main() -> None:
           f"{'same top-5':>11} {'top-5 shared':>13} {'max |dscore|':>13}")
     for label, rate, top1, top5, overlap, worst in rows:
         print(f"{label:<40} {rate:>12,.1f} {rate / base:>15.1f}x {top1:>11} {top5:>11} {overlap:>13} {worst:>13}")
-    print(f"\nONNX Runtime against the torch path in fp32: same top-1 {onnx_vs_torch[0]:.1%}, same top-5 "
-          f"{onnx_vs_torch[1]:.1%}, max |dscore| {onnx_vs_torch[3]:.1e}; llmkit export took {export_seconds:.1f} s")
+    if onnx_vs_torch is not None:
+        print(f"\nONNX Runtime against the torch path in fp32: same top-1 {onnx_vs_torch[0]:.1%}, same top-5 "
+              f"{onnx_vs_torch[1]:.1%}, max |dscore| {onnx_vs_torch[3]:.1e}; llmkit export took {export_seconds:.1f} s")
     print_ratios("cold start (one prediction, new process)", cold)
     if whole:
         print_ratios(f"whole process, {args.whole:,} sentences", whole)
