@@ -83,15 +83,15 @@ def main(model: str, texts: Sequence[str], input_file: str | None = None, top_k:
     written as each batch is done."""
     # 1. options, the runtime, the tokenizer and the first texts checked before the model is loaded
     check_options(top_k, batch_size, precision)
-    runtime, _ = inference.choose_runtime(model, runtime, device, precision)
-    if runtime == "torch":
+    chosen, _ = inference.choose_runtime(model, runtime, device, precision)
+    if chosen == "torch":
         devices.precision(precision, devices.device(device).type)
     batches = (b for b in inference.text_batches(texts, input_file, size=max(4 * batch_size, 2048)) if b)
     first = next(batches, None)
     if first is None:
         where = {None: "", "-": " in stdin"}.get(input_file, f" in '{input_file}'")
         raise DataError(NO_TEXTS.replace("No input texts.", f"No input texts{where}."))
-    tokenizer, config = _tokenizer_and_config(model, runtime)
+    tokenizer, config = _tokenizer_and_config(model, chosen)
     encoded = encode(tokenizer, first, inference.window(config, tokenizer))
     target_ids = resolve_targets(tokenizer, targets) if targets is not None else None
 
@@ -186,8 +186,8 @@ def fill_mask(model: str | Path | MaskFiller, texts: str | Sequence[str], top_k:
         raise DataError(f"Texts must be strings; text {wrong + 1} is a {type(texts[wrong]).__name__}.")
     filler = model if isinstance(model, MaskFiller) else None
     if filler is None:
-        runtime, _ = inference.choose_runtime(model, runtime, device, precision)
-    tokenizer, config = (filler.tokenizer, None) if filler else _tokenizer_and_config(model, runtime)
+        chosen, _ = inference.choose_runtime(model, runtime, device, precision)
+    tokenizer, config = (filler.tokenizer, None) if filler else _tokenizer_and_config(model, chosen)
     window = filler.window if filler else inference.window(config, tokenizer)
     encoded = encode(tokenizer, texts, window)
     if targets is not None:

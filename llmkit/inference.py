@@ -149,6 +149,8 @@ def load(name: str | Path, task: str, device: str | None = None, precision: str 
     else:
         model, _, _ = modeling.load_pretrained("AutoModelForSequenceClassification", name, config, "sdpa",
                                                trust_remote_code)
+    if runtime == "auto" and (Path(name).expanduser() / "onnx").is_dir():  # an export is there but not used: say why
+        why += f"; not ONNX Runtime: {because}"
     return Loaded(name, task, model.to(target).eval(), tokenizer, target, chosen, why, window(config, tokenizer),
                   "torch")
 
