@@ -407,13 +407,10 @@ def _forward(filler: MaskFiller, inputs: dict[str, np.ndarray], at: np.ndarray) 
         return filler.logits(inputs)[at].astype(np.float32, copy=False)
     import torch
 
-    with torch.inference_mode(), filler.autocast():
+    with filler.running():
         where = torch.from_numpy(at).to(filler.device)
-        filler.head.positions = where if filler.head.available else None
-        try:
+        with filler.head.at(where if filler.head.available else None):
             logits = filler.logits(inputs)
-        finally:
-            filler.head.positions = None
         return inference.to_numpy(logits if filler.head.available else logits[where])
 
 

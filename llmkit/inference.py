@@ -54,10 +54,17 @@ class Loaded:
     window: int  # the longest input the model takes, in tokens
     runtime: str = "torch"  # torch (transformers' model) | onnx | onnx-int8 (ONNX Runtime on the run's export)
 
-    def autocast(self) -> Any:
+    @contextlib.contextmanager
+    def running(self) -> Iterator[None]:
+        """Where forward passes run: `torch.inference_mode` and the precision's autocast for torch; nothing to set
+        for ONNX Runtime."""
         if self.runtime != "torch":
-            return contextlib.nullcontext()
-        return devices.autocast(self.precision, self.device)
+            yield
+            return
+        import torch
+
+        with torch.inference_mode(), devices.autocast(self.precision, self.device):
+            yield
 
     @property
     def label_names(self) -> list[str]:
@@ -78,7 +85,7 @@ class Loaded:
 
     def logits(self, inputs: dict[str, np.ndarray]) -> Any:
         """The model's logits for a padded numpy batch (`pad`): a numpy array from ONNX Runtime, a tensor on the
-        device from torch (call inside `torch.inference_mode()` and `autocast()`)."""
+        device from torch (call inside `running()`)."""
         if self.runtime != "torch":
             return self.model(inputs)
         import torch
@@ -140,7 +147,7 @@ def load(name: str | Path, task: str, device: str | None = None, precision: str 
         model = ort.Model(name, quantized=chosen_runtime == "onnx-int8", file=masked if use_masked else None)
         return Loaded(name, task, model, tokenizer, "cpu", "int8" if model.quantized else "fp32",
                       because, window(config, tokenizer), chosen_runtime)
-    from llmkit import modeling
+    from llmkit import modeling, ort
 
     target = devices.device(device)
     chosen, why = devices.precision(precision, target.type)
@@ -149,7 +156,7 @@ def load(name: str | Path, task: str, device: str | None = None, precision: str 
     else:
         model, _, _ = modeling.load_pretrained("AutoModelForSequenceClassification", name, config, "sdpa",
                                                trust_remote_code)
-    if runtime == "auto" and (Path(name).expanduser() / "onnx").is_dir():  # an export is there but not used: say why
+    if runtime == "auto" and (Path(name).expanduser() / ort.EXPORT_DIR).is_dir():  # an unused export: say why
         why += f"; not ONNX Runtime: {because}"
     return Loaded(name, task, model.to(target).eval(), tokenizer, target, chosen, why, window(config, tokenizer),
                   "torch")
@@ -228,20 +235,12 @@ def classify(loaded: Loaded, texts: Sequence[str], pairs: Sequence[str] | None =
     tokenizer = loaded.tokenizer
     ids, types = tokenize(tokenizer, texts, pairs, loaded.window)
     out = np.zeros((len(texts), loaded.model.config.num_labels), dtype=np.float32)
-    with _no_grad(loaded), loaded.autocast():
+    with loaded.running():
         for index in by_length([len(row) for row in ids], batch_size):
             batch = pad([ids[i] for i in index], [types[i] for i in index] if types else None,
                         tokenizer.pad_token_id)
             out[index] = to_numpy(loaded.logits(batch))
     return out
-
-
-def _no_grad(loaded: Loaded) -> Any:
-    if loaded.runtime != "torch":
-        return contextlib.nullcontext()
-    import torch
-
-    return torch.inference_mode()
 
 
 def to_numpy(values: Any) -> np.ndarray:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -287,3 +289,12 @@ class MaskedPositionsHead:
     @property
     def available(self) -> bool:
         return self.head is not None
+
+    @contextlib.contextmanager
+    def at(self, positions: Any) -> Iterator[None]:
+        """The head runs only at `positions` (flat indices or a boolean mask) inside the block; everywhere after."""
+        self.positions = positions
+        try:
+            yield
+        finally:
+            self.positions = None

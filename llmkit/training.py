@@ -174,11 +174,8 @@ def mlm_logits(model: torch.nn.Module, inputs: dict[str, torch.Tensor], head: Ma
     if index is None:
         index = labels.flatten().ne(-100).nonzero().squeeze(-1)
     if head is not None and head.available:
-        head.positions = index
-        try:
+        with head.at(index):
             logits = model(**inputs).logits
-        finally:
-            head.positions = None
         if logits.dim() != 2:  # the head reshaped its output: not a per-token head after all
             raise RuntimeError("masked-positions head produced logits of unexpected shape")
     else:
