@@ -138,11 +138,18 @@ class FinetuneOptions:
     unseen_eval_labels: Literal["error", "drop"] = "error"  # eval labels absent from training
     early_stopping_patience: int | None = None  # evaluations without improvement before stopping
     metric: str | None = None  # metric that picks the best model; None: f1_macro (regression: mse)
+    # training.train_sampling_strategy=group_by_length: batches of similar length from sorted windows of this
+    # many batches, the batches in random order (shuffle_batches=false: sorted runs, as the Trainer's own sampler)
+    group_window: int = 16
+    shuffle_batches: bool = True
 
     def problems(self) -> list[str]:
+        out = []
         if self.early_stopping_patience is not None and self.early_stopping_patience < 1:
-            return [f"finetune.early_stopping_patience must be >= 1, got {self.early_stopping_patience}"]
-        return []
+            out.append(f"finetune.early_stopping_patience must be >= 1, got {self.early_stopping_patience}")
+        if self.group_window < 1:
+            out.append(f"finetune.group_window must be >= 1 (batches per length-sorted window), got {self.group_window}")
+        return out
 
 
 @dataclass

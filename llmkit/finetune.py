@@ -175,7 +175,8 @@ def make_trainer(cfg: RunConfig, args: Any, model: Any, tokenizer: Any, train_fe
     trainer = training.SeededTrainer(
         model=model, args=args, data_collator=collator, train_dataset=train_features, eval_dataset=eval_features,
         processing_class=tokenizer, compute_metrics=metrics.for_trainer(problem, names), callbacks=callbacks,
-        cheap_dropout=cfg.model.cheap_dropout)
+        cheap_dropout=cfg.model.cheap_dropout, group_window=cfg.finetune.group_window,
+        shuffle_batches=cfg.finetune.shuffle_batches)
     trainer.remove_callback(transformers.trainer_callback.PrinterCallback)
     # Classification heads take **kwargs but ignore num_items_in_batch and return a per-batch mean; told
     # otherwise, the Trainer would scale that mean by the process count and skip the accumulation division.

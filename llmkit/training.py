@@ -112,19 +112,21 @@ def effective_batch_size(args: TrainingArguments, trainer: Trainer | None = None
 class SeededTrainer(Trainer):
     """`Trainer` whose length-grouped batches are drawn from (data seed, epoch) over whole optimizer steps.
 
-    The Trainer's `LengthGroupedSampler` shuffles with the global RNG, whose state after an epoch depends on
-    how much dropout each process drew (its batches have different padded lengths), and groups lengths per
-    process batch. Processes iterate the sampler and each takes its share of every step, so their orders must
-    agree: here the order is seeded per epoch and grouped per optimizer step (per-device batch x processes x
-    accumulation). Shards stay disjoint in every epoch, a resumed run sees the order of an uninterrupted one,
-    and N processes see the examples of each step that 1 process with the same effective batch sees.
+    With `train_sampling_strategy="group_by_length"` the order is `LengthGroupedBatches`: seeded per epoch (the
+    Trainer's `LengthGroupedSampler` shuffles with the global RNG, whose state after an epoch depends on how much
+    dropout each process drew) and grouped per optimizer step (per-device batch x processes x accumulation).
+    Processes iterate the sampler and each takes its share of every step, so their orders agree: shards stay
+    disjoint in every epoch, a resumed run sees the order of an uninterrupted one, and N processes see the
+    examples of each step that 1 process with the same effective batch sees.
 
     Training steps on a CPU draw dropout masks with `llmkit.dropout.CheapDropout` unless `cheap_dropout=False`.
     """
 
-    def __init__(self, *args: Any, cheap_dropout: bool = True, **kwargs: Any):
+    def __init__(self, *args: Any, cheap_dropout: bool = True, group_window: int = 16, shuffle_batches: bool = True,
+                 **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.cheap_dropout = cheap_dropout and self.args.device.type == "cpu" and not self.args.torch_compile
+        self.group_window, self.shuffle_batches = group_window, shuffle_batches
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         with CheapDropout() if self.cheap_dropout else contextlib.nullcontext():
@@ -136,26 +138,54 @@ class SeededTrainer(Trainer):
             per_device = hf_compat.train_batch_size(self)
             step = per_device * self.args.gradient_accumulation_steps * self.args.world_size
             seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
-            grouped = LengthGroupedSampler(step, lengths=sampler.lengths, generator=torch.Generator())
-            sampler = EpochLengthGroupedSampler(grouped, seed)
+            sampler = LengthGroupedBatches(sampler.lengths, step, seed, self.group_window, self.shuffle_batches)
         return sampler
 
 
-class EpochLengthGroupedSampler(torch.utils.data.Sampler):
-    """A `LengthGroupedSampler` reseeded with (seed, epoch) at each epoch (the Trainer calls `set_epoch`)."""
+class LengthGroupedBatches(torch.utils.data.Sampler):
+    """Indices in batches of similar length, in random batch order, reseeded with (seed, epoch) at each epoch.
 
-    def __init__(self, sampler: LengthGroupedSampler, seed: int):
-        self.sampler, self.seed = sampler, seed
-        self.set_epoch(0)
+    An epoch: a seeded permutation of the examples, cut into windows of `window` batches; each window sorted by
+    length (longest first) and cut into batches of `batch` examples; then the full batches of the whole epoch
+    in a seeded random order, the one holding the longest example first (an out-of-memory error shows at the
+    first step) and the one short batch, if any, last. The padding saved is that of sorting within a window.
+
+    `shuffle_batches=False` keeps the batches of each window in their sorted order, as the Trainer's own
+    `LengthGroupedSampler` does (windows of up to 50 batches): the model then sees long-to-short runs of
+    batches, which costs accuracy in short fine-tuning runs (benchmarks/quality.py measures it).
+    """
+
+    def __init__(self, lengths: list[int], batch: int, seed: int, window: int = 16, shuffle_batches: bool = True):
+        if window < 1:
+            raise ConfigError(f"finetune.group_window must be >= 1 batch, got {window}")
+        self.lengths, self.batch, self.seed = torch.as_tensor(lengths), batch, seed
+        self.window, self.shuffle_batches = window, shuffle_batches
+        self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
-        self.sampler.generator.manual_seed(self.seed * 1_000_003 + int(epoch))
+        self.epoch = int(epoch)
 
     def __len__(self) -> int:
-        return len(self.sampler)
+        return len(self.lengths)
+
+    def batches(self) -> list[torch.Tensor]:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        order = torch.randperm(len(self.lengths), generator=generator)
+        span = self.window * self.batch
+        batches = []
+        for start in range(0, len(order), span):
+            window = order[start:start + span]
+            window = window[torch.argsort(self.lengths[window], descending=True, stable=True)]
+            batches += list(window.split(self.batch))
+        tail = [batches.pop()] if batches and len(batches[-1]) < self.batch else []
+        if self.shuffle_batches and batches:
+            batches = [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
+            longest = max(range(len(batches)), key=lambda i: int(self.lengths[batches[i]].max()))
+            batches[0], batches[longest] = batches[longest], batches[0]
+        return batches + tail
 
     def __iter__(self):
-        return iter(self.sampler)
+        return iter(torch.cat(self.batches()).tolist() if len(self.lengths) else [])
 
 
 # ---------------------------------------------------------------- masked-positions-only MLM loss
