@@ -12,6 +12,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_callback import ExportableState
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from llmkit import hf_compat
@@ -127,10 +128,19 @@ class SeededTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.cheap_dropout = cheap_dropout and self.args.device.type == "cpu" and not self.args.torch_compile
         self.group_window, self.shuffle_batches = group_window, shuffle_batches
+        self.add_callback(ExactResume())
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         with CheapDropout() if self.cheap_dropout else contextlib.nullcontext():
             return super().training_step(model, inputs, num_items_in_batch)
+
+    def _run_epoch(self, *args, **kwargs):
+        # Resumed from the last checkpoint (a crash after it, before the final save): nothing is left to train, but
+        # the Trainer would take one step of the next batch before it checks ("step 61/60").
+        if self.state.global_step >= self.state.max_steps:
+            self.control.should_training_stop = True
+            return None
+        return super()._run_epoch(*args, **kwargs)
 
     def _get_train_sampler(self, train_dataset=None):
         sampler = super()._get_train_sampler(train_dataset)
@@ -459,8 +469,71 @@ class StopCallback(TrainerCallback):
             control.should_training_stop = True
 
 
+class ExactResume(TrainerCallback, ExportableState):
+    """What makes a resumed run end as an uninterrupted one would (every `SeededTrainer` has one).
+
+    - The last step does what the epoch's end would do after it (log, evaluate, save) before the last checkpoint
+      is written, and the epoch's end then repeats nothing: a run resumed from that checkpoint has nothing left.
+    - A step that saves a checkpoint also logs its loss, so the log history holds the loss of every step
+      (`whole_run`), however often a run was resumed.
+    - The training time of every segment, up to its last checkpoint, is kept in the checkpoint's trainer state.
+    """
+
+    def __init__(self, elapsed: float = 0.0):
+        self.before, self.start = float(elapsed), None
+
+    def state(self) -> dict[str, Any]:
+        return {"args": {}, "attributes": {"elapsed": self.seconds()}}
+
+    def seconds(self) -> float:
+        return self.before + (time.perf_counter() - self.start if self.start is not None else 0.0)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        saved = (state.stateful_callbacks or {}).get(type(self).__name__)
+        self.before = float(saved.get("attributes", {}).get("elapsed", 0.0)) if isinstance(saved, dict) else 0.0
+        self.start = time.perf_counter()
+        state.stateful_callbacks[type(self).__name__] = self.state()  # a checkpoint of an older run lacks it
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= state.max_steps:
+            control.should_log = True
+            if args.eval_strategy == "epoch" and args.eval_delay <= state.epoch:
+                control.should_evaluate = True
+            if args.save_strategy == "epoch":
+                control.should_save = True
+        if control.should_save:
+            control.should_log = True
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        if state.global_step >= state.max_steps:  # the last step did it all
+            control.should_log = control.should_evaluate = control.should_save = False
+        elif control.should_save:
+            control.should_log = True
+
+
+def whole_run(trainer: Trainer, result: Any) -> dict[str, float]:
+    """Training loss, time and throughput of the whole run (the Trainer reports those of a resumed run's last
+    segment): `result.metrics`' keys, over every segment.
+
+    The loss is the mean over every step, from the log history (each log holds the mean since the previous)."""
+    clock = next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, ExactResume))
+    total, last = 0.0, 0
+    for entry in trainer.state.log_history:
+        if "loss" in entry and "step" in entry and entry["step"] > last:
+            total, last = total + entry["loss"] * (entry["step"] - last), entry["step"]
+    runtime = clock.before + result.metrics["train_runtime"]
+    args, steps = trainer.args, trainer.state.global_step
+    # the examples of the steps taken, counted as the Trainer counts them for one segment
+    samples = steps * effective_batch_size(args, trainer) if args.max_steps > 0 else \
+        len(trainer.train_dataset) * args.num_train_epochs * steps / max(trainer.state.max_steps, 1)
+    return {"train_runtime": runtime, "train_samples_per_second": samples / runtime if runtime > 0 else None,
+            "train_loss": total / last if last else result.metrics.get("train_loss")}
+
+
 def train(trainer: Trainer, guard: StopCallback, run_dir: Any, config_yaml: str) -> Any:
-    """Record the starting config (a fresh run), train under the guard, and turn a stop into a clear error."""
+    """Record the starting config (a fresh run), train under the guard, and turn a stop into a clear error.
+
+    The result's loss, time and throughput are those of the whole run (`whole_run`), resumed or not."""
     from llmkit import outputs
     from llmkit.errors import RunError
 
@@ -478,4 +551,5 @@ def train(trainer: Trainer, guard: StopCallback, run_dir: Any, config_yaml: str)
     if guard.interrupted:
         raise RunError(f"Interrupted ({guard.interrupted}) at step {trainer.state.global_step}; checkpoint saved in "
                        f"{outputs.last_checkpoint(run_dir.path)}. Resume with the same command plus --resume.")
+    result.metrics.update(whole_run(trainer, result))
     return result

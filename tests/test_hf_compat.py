@@ -24,6 +24,8 @@ def test_trainer_internals_llmkit_uses_exist(tmp_path):
     assert hf_compat.metric_key_prefix(("dl", "desc"), {}) == "eval"
     assert "_train_batch_size" in inspect.getsource(Trainer.__init__)
     assert "_get_train_sampler" in dict(inspect.getmembers(Trainer))
+    # training.SeededTrainer overrides the loop's epoch (exact resume)
+    assert "self._run_epoch(" in inspect.getsource(Trainer._inner_training_loop)
 
 
 def test_accelerate_reads_mixed_precision_from_the_environment(monkeypatch):
