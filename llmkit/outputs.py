@@ -60,8 +60,12 @@ def check_output_dir(output_dir: str, resume: bool, overwrite: bool) -> RunDir:
     if resume:
         if empty:
             raise OutputError(f"Nothing to resume in '{path}': it is empty or missing. Run without --resume.")
-        checkpoint = last_checkpoint(path)
-        if checkpoint is None and not is_finished(path):
+        if is_finished(path):
+            return RunDir(path)
+        from llmkit.console import warn
+
+        checkpoint = usable_checkpoint(path, warn)
+        if checkpoint is None:
             raise OutputError(f"Nothing to resume in '{path}': no checkpoint in {path / CHECKPOINTS}. "
                               f"Run with --overwrite to start over.")
         return RunDir(path, resume_from=checkpoint)
@@ -181,6 +185,104 @@ def move_into_place(run: RunDir, staging: Path) -> None:
             shutil.rmtree(target)
         os.replace(staging / name, target)
     staging.rmdir()
+
+
+# ---------------------------------------------------------------- checkpoints: verified before a resume uses them
+
+WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json",
+           "adapter_model.safetensors")
+
+
+def usable_checkpoint(path: Path, warn: Callable[[str], None]) -> str | None:
+    """The newest checkpoint of the run in `path` that `checkpoint_problem` finds nothing wrong with; each newer
+    one is skipped with a warning naming it. None when there is no checkpoint; an error when none is usable."""
+    from transformers.trainer_utils import sort_checkpoints
+
+    folder = path / CHECKPOINTS
+    found = sort_checkpoints(str(folder)) if folder.is_dir() else []
+    problems = []
+    for checkpoint in reversed(found):
+        problem = checkpoint_problem(Path(checkpoint))
+        if problem is None:
+            return checkpoint
+        warn(f"skipping checkpoint {checkpoint}: {problem}")
+        problems.append(f"{Path(checkpoint).name} ({problem})")
+    if problems:
+        raise OutputError(f"Cannot resume {path}: no checkpoint is usable: {'; '.join(problems)}. Nothing was "
+                          f"deleted. Restore a good copy into {folder}, or start over with --overwrite.")
+    return None
+
+
+def checkpoint_problem(checkpoint: Path) -> str | None:
+    """What keeps a Trainer checkpoint from resuming the run exactly, or None: its trainer state must be readable
+    and at the step it is named for, and its weights (safetensors headers cover the whole file), optimizer,
+    scheduler and random states complete (zip archives whose CRCs match). Sharded layouts (FSDP, DeepSpeed) are
+    checked for presence."""
+    state_file = checkpoint / "trainer_state.json"
+    if not state_file.is_file():
+        return "incomplete, no trainer_state.json (its save was interrupted)"
+    try:
+        state = json.loads(state_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        return f"trainer_state.json is unreadable ({e})"
+    step = checkpoint.name.rpartition("-")[2]
+    if not isinstance(state, dict) or str(state.get("global_step")) != step:
+        return f"trainer_state.json is at step {state.get('global_step') if isinstance(state, dict) else '?'}, " \
+               f"not {step}"
+    sharded = [p.name for p in checkpoint.iterdir() if p.is_dir() and any(p.iterdir())]
+    weights = [name for name in WEIGHTS if (checkpoint / name).is_file()]
+    if not weights and not sharded:
+        return "no model weights"
+    for name in weights:
+        problem = weights_problem(checkpoint, name)
+        if problem:
+            return problem
+    if not sharded:
+        for name in ("optimizer.pt", "scheduler.pt"):
+            if not (checkpoint / name).is_file():
+                return f"no {name} (the run would go on with a fresh one)"
+    for file in sorted(checkpoint.glob("*.pt")) + sorted(checkpoint.glob("*.pth")):
+        problem = archive_problem(file)
+        if problem:
+            return problem
+    return None
+
+
+def weights_problem(checkpoint: Path, name: str) -> str | None:
+    if name.endswith(".bin"):
+        return archive_problem(checkpoint / name)
+    if name.endswith(".index.json"):
+        try:
+            shards = sorted(set(json.loads((checkpoint / name).read_text(encoding="utf-8"))["weight_map"].values()))
+        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as e:
+            return f"{name} is unreadable ({e})"
+        for shard in shards:
+            if not (checkpoint / shard).is_file():
+                return f"{shard}, listed in {name}, is missing"
+            problem = weights_problem(checkpoint, shard)
+            if problem:
+                return problem
+        return None
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(checkpoint / name), "pt") as f:  # checks that the header covers the whole file
+            f.keys()
+    except (OSError, SafetensorError) as e:
+        return f"{name} is damaged ({str(e).strip().splitlines()[0]})"
+    return None
+
+
+def archive_problem(file: Path) -> str | None:
+    """torch.save writes zip archives: a truncated one has no central directory, a damaged member a bad CRC."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(file) as archive:
+            bad = archive.testzip()
+    except (OSError, zipfile.BadZipFile, EOFError, RuntimeError) as e:
+        return f"{file.name} is damaged ({e})"
+    return f"{file.name} is damaged (bad CRC in {bad})" if bad else None
 
 
 def write_json(path: Path, data: Any) -> None:
