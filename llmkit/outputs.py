@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -10,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from llmkit.errors import ConfigError, OutputError
+from llmkit.errors import ConfigError, OutputError, RunError
 
 RUN_CONFIG = "llmkit.yaml"
 CHECKPOINTS = "checkpoints"
@@ -146,15 +147,16 @@ def stage_model(run: RunDir, trainer: Any, tokenizer: Any) -> Path | None:
     finished.
     """
     staging = run.path / ".staging"
-    if trainer.is_world_process_zero():
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
-    trainer.accelerator.wait_for_everyone()
-    trainer.save_model(str(staging))
-    if not trainer.is_world_process_zero():
-        return None
-    tokenizer.save_pretrained(str(staging))
-    (staging / "training_args.bin").unlink(missing_ok=True)  # a pickle; llmkit.yaml records the settings
+    with final_write(run):
+        if trainer.is_world_process_zero():
+            shutil.rmtree(staging, ignore_errors=True)
+            staging.mkdir(parents=True)
+        trainer.accelerator.wait_for_everyone()
+        trainer.save_model(str(staging))
+        if not trainer.is_world_process_zero():
+            return None
+        tokenizer.save_pretrained(str(staging))
+        (staging / "training_args.bin").unlink(missing_ok=True)  # a pickle; llmkit.yaml records the settings
     return staging
 
 
@@ -164,15 +166,16 @@ def write_final(run: RunDir, staging: Path, trainer: Any, cfg: Any, metrics: dic
     llmkit.yaml) and move them into place; `card` holds `model_card`'s arguments."""
     from llmkit import config as config_lib
 
-    trainer.state.save_to_json(str(staging / "trainer_state.json"))
-    write_json(staging / "metrics.json", metrics)
-    loss_plot(trainer.state.log_history, staging / "loss.png", plot_title)
     changed = changed_settings(cfg.to_dict(), config_lib.defaults(cfg.command))
     changed.pop("output_dir", None)
-    (staging / "README.md").write_text(model_card(**card, changed=changed, metrics=metrics, command=cfg.command),
-                                       encoding="utf-8")
-    (staging / RUN_CONFIG).write_text(config_lib.dump(cfg), encoding="utf-8")
-    move_into_place(run, staging)
+    with final_write(run):
+        trainer.state.save_to_json(str(staging / "trainer_state.json"))
+        write_json(staging / "metrics.json", metrics)
+        loss_plot(trainer.state.log_history, staging / "loss.png", plot_title)
+        (staging / "README.md").write_text(model_card(**card, changed=changed, metrics=metrics, command=cfg.command),
+                                           encoding="utf-8")
+        (staging / RUN_CONFIG).write_text(config_lib.dump(cfg), encoding="utf-8")
+        move_into_place(run, staging)
     finish_replacement(run)
 
 
@@ -283,6 +286,43 @@ def archive_problem(file: Path) -> str | None:
     except (OSError, zipfile.BadZipFile, EOFError, RuntimeError) as e:
         return f"{file.name} is damaged ({e})"
     return f"{file.name} is damaged (bad CRC in {bad})" if bad else None
+
+
+# ---------------------------------------------------------------- writes that fail: a full disk, a read-only one
+
+
+def is_write_failure(error: BaseException) -> bool:
+    """An OSError, or torch.save's RuntimeError when its zip writer fails (a full disk: "unexpected pos")."""
+    return isinstance(error, OSError) or (isinstance(error, RuntimeError) and any(
+        mark in str(error) for mark in ("PytorchStreamWriter", "inline_container", "file write failed")))
+
+
+def write_failure(what: str, path: Path, error: BaseException, run_path: Path) -> str:
+    """The one line for a checkpoint or final save that could not be written (disk full, read-only, ...)."""
+    reason = getattr(error, "strerror", None) or (str(error).strip().splitlines() or [type(error).__name__])[0]
+    last = usable_checkpoint(run_path, lambda _: None) if (run_path / CHECKPOINTS).is_dir() else None
+    return (f"Could not write {what} {path}: {reason} ({free_space(path)} free there). The checkpoints before it "
+            f"are intact (last: {last or 'none'}). Make room (or make it writable) and run the same command with "
+            f"--resume.")
+
+
+@contextlib.contextmanager
+def final_write(run: RunDir):
+    """The final save's writes: one that fails (disk full, read-only) stops the run with `write_failure`'s line."""
+    try:
+        yield
+    except (OSError, RuntimeError) as e:
+        if not is_write_failure(e):
+            raise
+        raise RunError(write_failure("the final model to", run.path, e, run.path)) from None
+
+
+def free_space(path: Path) -> str:
+    for folder in [path, *path.parents]:
+        if folder.exists():
+            free = shutil.disk_usage(folder).free
+            return f"{free / 1e9:.1f} GB" if free >= 1e8 else f"{free / 1e6:.1f} MB"
+    return "unknown"
 
 
 def write_json(path: Path, data: Any) -> None:

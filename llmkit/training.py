@@ -19,7 +19,7 @@ from llmkit import hf_compat
 from llmkit.console import log
 from llmkit.devices import has_accelerator
 from llmkit.dropout import CheapDropout
-from llmkit.errors import ConfigError
+from llmkit.errors import ConfigError, RunError
 from llmkit.modeling import MaskedPositionsHead
 
 DATA_TIMEOUT_S = 24 * 3600  # the data stage may wait this long for the slowest rank's share of tokenization
@@ -141,6 +141,24 @@ class SeededTrainer(Trainer):
             self.control.should_training_stop = True
             return None
         return super()._run_epoch(*args, **kwargs)
+
+    def _save_checkpoint(self, model, trial):
+        from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+        from llmkit import outputs
+
+        folder = Path(self.args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        existed = folder.exists()
+        try:
+            super()._save_checkpoint(model, trial)  # older checkpoints are rotated out only after this one is written
+        except (OSError, RuntimeError) as e:
+            if not outputs.is_write_failure(e):
+                raise
+            if self.args.should_save and not existed:
+                import shutil
+
+                shutil.rmtree(folder, ignore_errors=True)  # our own half-written checkpoint: give its space back
+            raise RunError(outputs.write_failure("checkpoint", folder, e, folder.parent.parent)) from None
 
     def _get_train_sampler(self, train_dataset=None):
         sampler = super()._get_train_sampler(train_dataset)

@@ -24,8 +24,9 @@ def test_trainer_internals_llmkit_uses_exist(tmp_path):
     assert hf_compat.metric_key_prefix(("dl", "desc"), {}) == "eval"
     assert "_train_batch_size" in inspect.getsource(Trainer.__init__)
     assert "_get_train_sampler" in dict(inspect.getmembers(Trainer))
-    # training.SeededTrainer overrides the loop's epoch (exact resume)
+    # training.SeededTrainer overrides the loop's epoch and checkpoint steps (exact resume, failed writes)
     assert "self._run_epoch(" in inspect.getsource(Trainer._inner_training_loop)
+    assert "self._save_checkpoint(" in inspect.getsource(Trainer._maybe_log_save_evaluate)
 
 
 def test_accelerate_reads_mixed_precision_from_the_environment(monkeypatch):

@@ -1,8 +1,10 @@
-"""Resume is exact after any crash: damaged checkpoints are found before a resume uses them."""
+"""Resume is exact after any crash: damaged checkpoints are found before a resume uses them, and a write that
+fails says where and how much room is left."""
 
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -61,3 +63,23 @@ def test_no_good_checkpoint_is_a_clear_error_and_nothing_is_deleted(tmp_path):
     assert "no checkpoint is usable" in message and "checkpoint-4 (" in message and "checkpoint-2 (" in message
     assert "Nothing was deleted" in message and "--overwrite" in message and "\n" not in message
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+
+
+def test_a_final_save_that_cannot_be_written_names_the_path_and_the_free_space(tmp_path):
+    import errno
+
+    from llmkit.errors import RunError
+    from llmkit.outputs import RunDir, final_write
+
+    fake_checkpoint(tmp_path, 4)
+    with pytest.raises(RunError) as error:
+        with final_write(RunDir(tmp_path)):
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")  # torch.save
+    assert f"Could not write the final model to {tmp_path}" in str(error.value)
+    assert "free there" in str(error.value) and "checkpoint-4" in str(error.value)
+    with pytest.raises(ValueError):  # not a write failure: left alone
+        with final_write(RunDir(tmp_path)):
+            raise ValueError("a bug")
+    with pytest.raises(RunError, match="No space left on device"):
+        with final_write(RunDir(tmp_path)):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
