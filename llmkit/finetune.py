@@ -31,6 +31,7 @@ RESUMABLE_CHANGES = {"training.logging_steps", "training.save_total_limit", "tra
                      "training.per_device_eval_batch_size", "data.num_proc", "data.cache_dir"}
 
 
+@outputs.holds_output_dir  # one run at a time in an output directory
 def run(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
     """Fine-tune per `cfg`; returns the final metrics. Writes the run directory described in DESIGN.md."""
     # 1. validate everything cheap before loading anything

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -323,6 +324,83 @@ def free_space(path: Path) -> str:
             free = shutil.disk_usage(folder).free
             return f"{free / 1e9:.1f} GB" if free >= 1e8 else f"{free / 1e6:.1f} MB"
     return "unknown"
+
+
+# ---------------------------------------------------------------- one run at a time in an output directory
+
+
+def lock_path(output_dir: Path) -> Path:
+    """Beside OUTPUT_DIR, not in it: --overwrite moves the old directory aside while the new run holds the lock."""
+    return output_dir.parent / f".{output_dir.name}.llmkit-lock"
+
+
+@contextlib.contextmanager
+def output_lock(output_dir: str):
+    """Hold OUTPUT_DIR for this run: a second run on it (--resume, --overwrite, or a fresh one) is refused at once.
+
+    An exclusive `fcntl.flock` on a file beside the directory, taken by the main process: the kernel releases it
+    on any exit, kill -9 included, so a lock left by a dead run is taken over (and said so). The file names the
+    holder (pid, host, start time) for the refusal message; a clean exit removes it."""
+    from llmkit.console import is_main_process, log, warn
+
+    if not is_main_process():
+        yield
+        return
+    import errno
+    import fcntl
+    import socket
+
+    path = Path(output_dir).expanduser().absolute()
+    lock = lock_path(path)
+    created = [p for p in [lock.parent, *lock.parent.parents] if not p.exists()]
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 500).decode("utf-8", "replace").strip() or "another process"
+            os.close(fd)
+            raise OutputError(f"'{path}' is in use by a run that is still going ({holder}). Wait for it to finish or "
+                              f"stop it, or choose another --output-dir.") from None
+        except OSError as e:
+            os.close(fd)
+            if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                raise
+            warn(f"the filesystem of {lock.parent} has no file locks: a second run on {path} would not be stopped")
+            yield
+            return
+        try:
+            if os.path.samestat(os.fstat(fd), os.stat(lock)):
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)  # the holder removed the file between our open and flock: take the new one
+    try:
+        previous = os.read(fd, 500).decode("utf-8", "replace").strip()
+        if previous:
+            log(f"the run that held {path} ({previous}) ended without releasing it and is gone; taking it over")
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}"
+                  .encode(), 0)
+        yield
+    finally:
+        os.unlink(lock)
+        os.close(fd)
+        for folder in created:  # made only to hold the lock, and still empty: nothing was written
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+
+
+def holds_output_dir(recipe: Callable[..., Any]) -> Callable[..., Any]:
+    """Decorates a recipe's `run(cfg, ...)`: it holds `output_lock(cfg.output_dir)` while it runs."""
+
+    @functools.wraps(recipe)
+    def run(cfg: Any, *args: Any, **kwargs: Any) -> Any:
+        with output_lock(cfg.output_dir):
+            return recipe(cfg, *args, **kwargs)
+
+    return run
 
 
 def write_json(path: Path, data: Any) -> None:

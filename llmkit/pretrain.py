@@ -27,6 +27,7 @@ RESUMABLE_CHANGES = {"training.logging_steps", "training.eval_steps", "training.
                      "data.streaming"}
 
 
+@outputs.holds_output_dir  # one run at a time in an output directory
 def run(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
     """Pretrain per `cfg`; returns the final metrics. Writes the run directory described in DESIGN.md."""
     # 1. validate everything cheap before loading anything: the run directory, the settings, the corpus

@@ -1,5 +1,5 @@
-"""Resume is exact after any crash: damaged checkpoints are found before a resume uses them, and a write that
-fails says where and how much room is left."""
+"""Resume is exact after any crash: damaged checkpoints are found before a resume uses them, a write that fails
+says where and how much room is left, and one run at a time holds an output directory."""
 
 from __future__ import annotations
 
@@ -63,6 +63,24 @@ def test_no_good_checkpoint_is_a_clear_error_and_nothing_is_deleted(tmp_path):
     assert "no checkpoint is usable" in message and "checkpoint-4 (" in message and "checkpoint-2 (" in message
     assert "Nothing was deleted" in message and "--overwrite" in message and "\n" not in message
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+
+
+def test_the_output_lock_refuses_a_second_holder_and_takes_over_a_dead_ones(tmp_path, capsys):
+    from llmkit.errors import OutputError
+    from llmkit.outputs import lock_path, output_lock
+
+    out = tmp_path / "new" / "run"
+    with output_lock(str(out)):
+        assert f"pid {os.getpid()}" in lock_path(out).read_text()
+        with pytest.raises(OutputError, match="is in use by a run that is still going"):
+            with output_lock(str(out)):
+                pass
+    assert not (tmp_path / "new").exists(), "the folder made for the lock goes with it: nothing was written"
+    out.parent.mkdir()
+    lock_path(out).write_text("pid 999999 on elsewhere, started 2026-01-01 00:00:00")  # its holder was killed
+    with output_lock(str(out)):
+        pass
+    assert "pid 999999 on elsewhere" in capsys.readouterr().err and not lock_path(out).exists()
 
 
 def test_a_final_save_that_cannot_be_written_names_the_path_and_the_free_space(tmp_path):
