@@ -27,6 +27,7 @@ def test_trainer_internals_llmkit_uses_exist(tmp_path):
     # training.SeededTrainer overrides the loop's epoch and checkpoint steps (exact resume, failed writes)
     assert "self._run_epoch(" in inspect.getsource(Trainer._inner_training_loop)
     assert "self._save_checkpoint(" in inspect.getsource(Trainer._maybe_log_save_evaluate)
+    assert "self._save_optimizer_and_scheduler(" in inspect.getsource(Trainer._save_checkpoint)  # tests/crash.py
 
 
 def test_accelerate_reads_mixed_precision_from_the_environment(monkeypatch):

@@ -95,30 +95,6 @@ def test_overwrite_replaces_only_llmkit_runs(tmp_path, toy_corpus_file):
     assert (precious / "thesis.tex").read_text() == "years of work"
 
 
-def test_resume_equals_uninterrupted(tmp_path, toy_corpus_file):
-    from tests.conftest import assert_same_weights, crashed_after
-
-    args = ["--data", toy_corpus_file, "--max-steps", "12", *TINY, "--set", "training.save_steps=6",
-            "--set", "training.eval_steps=100", "--set", "training.save_total_limit=3"]
-    full = tmp_path / "full"
-    assert run_cli("pretrain", "-o", full, *args).returncode == 0
-    # A run that crashed after its step-6 checkpoint: only that checkpoint and the start record remain.
-    crashed = crashed_after(full, "checkpoint-6", tmp_path / "crashed")
-    resumed = run_cli("pretrain", "-o", crashed, *args, "--resume")
-    assert resumed.returncode == 0, resumed.stderr
-    assert "resuming from" in resumed.stderr
-    assert_same_weights(full, crashed)
-    ma, mb = (json.loads((d / "metrics.json").read_text()) for d in (full, crashed))
-    assert ma["eval_loss"] == pytest.approx(mb["eval_loss"], abs=1e-6)
-    # Resuming a finished run says so and changes nothing.
-    again = run_cli("pretrain", "-o", crashed, *args, "--resume")
-    assert again.returncode == 0 and "already finished" in again.stderr
-    # Resuming with a different configuration is refused with the differing keys.
-    (crashed / "config.json").unlink()
-    changed = run_cli("pretrain", "-o", crashed, *args, "--resume", "--set", "training.learning_rate=1e-2")
-    assert changed.returncode == 2 and "training.learning_rate" in changed.stderr
-
-
 def test_same_seed_same_metrics(tmp_path, toy_corpus_file):
     args = ["--data", toy_corpus_file, "--max-steps", "6", *TINY, "--set", "training.eval_steps=100"]
     first = run_cli("pretrain", "-o", tmp_path / "a", *args)

@@ -1,12 +1,158 @@
-"""Resume is exact after any crash: damaged checkpoints are found before a resume uses them, a write that fails
-says where and how much room is left, and one run at a time holds an output directory."""
+"""Resume is exact after any crash: real processes killed (SIGKILL, SIGTERM) at each named moment of a run, a
+checkpoint that cannot be written, damaged checkpoints, and a second run on a directory that one is training in.
+
+Each chain kills a run at one moment after another, resuming it each time, and ends with the same weights (bit for
+bit) and metrics as a run that was never interrupted (tests/crash.py makes the moments deterministic). They replace
+the single-crash resume tests that test_pretrain_e2e, test_finetune_e2e and test_errors (SIGTERM) had."""
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 
 import pytest
+
+from tests import crash
+from tests.conftest import assert_same_weights, last_json
+
+PRETRAIN = ["--size", "tiny", "--set", "model.vocab_size=200", "--max-seq-length", "32", "--max-steps", "12",
+            "--set", "training.per_device_train_batch_size=16", "--set", "data.max_eval_samples=64",
+            "--set", "training.logging_steps=3", "--set", "training.save_steps=4", "--set", "training.eval_steps=6",
+            "--set", "training.save_total_limit=3"]
+
+
+def checkpoints(run) -> list[str]:
+    folder = run / "checkpoints"
+    return sorted((p.name for p in folder.iterdir() if p.name.startswith("checkpoint-")),
+                  key=lambda n: int(n.split("-")[1]))
+
+
+def metrics_of(run) -> dict:
+    return json.loads((run / "metrics.json").read_text())
+
+
+@pytest.mark.slow
+def test_pretrain_killed_at_every_moment_resumes_to_the_uninterrupted_run(tmp_path, toy_corpus_file):
+    logs = tmp_path / "logs"
+    args = ["pretrain", "--data", toy_corpus_file, *PRETRAIN]
+    reference = crash.run([*args, "-o", tmp_path / "reference"], logs)
+    assert reference.returncode == 0, reference.stderr
+    out = tmp_path / "run"
+    fresh, resume = [*args, "-o", out], [*args, "-o", out, "--resume"]
+
+    # SIGTERM in step 3: it finishes the step, checkpoints and says how to resume
+    first = crash.run(fresh, logs, "sigterm@2")
+    assert first.returncode == 1, first.stderr
+    assert "Interrupted (SIGTERM)" in first.stderr and "--resume" in first.stderr
+    assert checkpoints(out) == ["checkpoint-3"] and not (out / "config.json").exists()
+
+    # SIGKILL mid-step (after checkpoint-4), then during an evaluation: the lock they leave is taken over
+    assert crash.run(resume, logs, "step@5").returncode == -signal.SIGKILL
+    assert checkpoints(out) == ["checkpoint-3", "checkpoint-4"]
+    during_eval = crash.run(resume, logs, "evaluate@6")
+    assert during_eval.returncode == -signal.SIGKILL
+    assert "resuming from" in during_eval.stderr and "checkpoint-4" in during_eval.stderr
+    assert "ended without releasing it" in during_eval.stderr
+
+    # SIGKILL while checkpoint-8 is written: the next run skips it, naming it, and resumes from checkpoint-4
+    assert crash.run(resume, logs, "checkpoint-write@8").returncode == -signal.SIGKILL
+    assert not (out / "checkpoints" / "checkpoint-8" / "trainer_state.json").exists()
+
+    # checkpoint-8 cannot be written (disk full): one line naming it and the free space; checkpoint-4 intact
+    full = crash.run(resume, logs, "disk-full@8")
+    assert full.returncode == 1, full.stderr
+    assert "skipping checkpoint" in full.stderr and "checkpoint-8: incomplete" in full.stderr
+    error = full.stderr.strip().splitlines()[-1]
+    assert "Could not write checkpoint" in error and "checkpoint-8" in error and "No space left on device" in error
+    assert "free there" in error and "checkpoint-4" in error and "--resume" in error
+    from llmkit.outputs import checkpoint_problem
+
+    assert checkpoint_problem(out / "checkpoints" / "checkpoint-4") is None
+
+    # SIGKILL after the last checkpoint (step 12 of 12), then during the final save: nothing is trained again
+    assert crash.run(resume, logs, "checkpoint@12").returncode == -signal.SIGKILL
+    assert checkpoints(out)[-1] == "checkpoint-12" and not (out / "metrics.json").exists()
+    during_save = crash.run(resume, logs, "final-save")
+    assert during_save.returncode == -signal.SIGKILL
+    assert "step 13" not in during_save.stderr and not (out / "config.json").exists()
+
+    # A second run on the directory while one is going, with --resume or --overwrite, is refused at once
+    last = crash.start(resume, logs, "pause")
+    last.wait_stopped()
+    try:
+        for flag in ("--resume", "--overwrite"):
+            second = crash.run([*args, "-o", out, flag], logs)
+            assert second.returncode == 2, second.stderr
+            assert "is in use by a run that is still going" in second.stderr and f"pid {last.process.pid}" in \
+                second.stderr
+            assert len(second.stderr.strip().splitlines()) == 1
+    finally:
+        os.kill(last.process.pid, signal.SIGCONT)
+    assert last.wait().returncode == 0, last.stderr
+    assert "step 13" not in last.stderr
+
+    # The same model and metrics as the uninterrupted run; throughput over all the segments
+    assert_same_weights(tmp_path / "reference", out, atol=0)
+    a, b = metrics_of(tmp_path / "reference"), metrics_of(out)
+    for key in ("steps", "eval_loss", "masked_accuracy", "train_tokens", "epochs"):
+        assert a[key] == b[key], key
+    assert b["steps"] == 12 and last_json(last.stdout)["steps"] == 12
+    assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-6)  # the SIGTERM's log sums differently
+    state12 = json.loads((out / "checkpoints" / "checkpoint-12" / "trainer_state.json").read_text())
+    trained = state12["stateful_callbacks"]["ExactResume"]["attributes"]["elapsed"]
+    assert b["train_runtime_s"] >= trained > 0.2 * a["train_runtime_s"]
+    assert b["tokens_per_second"] == pytest.approx(b["train_tokens"] / b["train_runtime_s"])
+    assert not list(tmp_path.glob(".run.llmkit-lock")), "a clean exit releases the lock"
+
+    # Resuming the finished run says so; a changed configuration is refused with the differing keys
+    again = crash.run(resume, logs)
+    assert again.returncode == 0 and "already finished" in again.stderr
+    (out / "config.json").unlink()
+    changed = crash.run([*resume, "--set", "training.learning_rate=1e-2"], logs)
+    assert changed.returncode == 2 and "training.learning_rate" in changed.stderr
+
+
+@pytest.mark.slow
+def test_finetune_killed_at_every_moment_resumes_to_the_uninterrupted_run(tmp_path, tiny_mlm):
+    from tests.test_finetune_e2e import FAST, read_csv, topic_rows, write_csv
+
+    logs = tmp_path / "logs"
+    train = write_csv(tmp_path / "train.csv", topic_rows(96, seed=1))
+    dev = write_csv(tmp_path / "dev.csv", topic_rows(30, seed=2))
+    # 6 steps an epoch: evaluated, checkpointed and the best kept at steps 6 and 10 (the last, mid-epoch)
+    args = ["finetune", "--data", train, "--eval-data", dev, "--model", tiny_mlm, "--max-steps", "10", *FAST,
+            "--set", "training.learning_rate=2e-3"]
+    reference = crash.run([*args, "-o", tmp_path / "reference"], logs)
+    assert reference.returncode == 0, reference.stderr
+    out = tmp_path / "run"
+    resume = [*args, "-o", out, "--resume"]
+
+    assert crash.run([*args, "-o", out], logs, "step@7").returncode == -signal.SIGKILL  # mid-step
+    assert checkpoints(out) == ["checkpoint-6"]
+    assert crash.run(resume, logs, "evaluate@10").returncode == -signal.SIGKILL  # during the last evaluation
+    assert crash.run(resume, logs, "checkpoint-write@10").returncode == -signal.SIGKILL  # mid-checkpoint
+    after = crash.run(resume, logs, "checkpoint@10")  # after the last checkpoint, before the final save
+    assert after.returncode == -signal.SIGKILL
+    assert "skipping checkpoint" in after.stderr and "checkpoint-6" in after.stderr
+    during_save = crash.run(resume, logs, "final-save")  # during the final save
+    assert during_save.returncode == -signal.SIGKILL and "step 11" not in during_save.stderr
+    last = crash.run(resume, logs)
+    assert last.returncode == 0, last.stderr
+    assert "step 11" not in last.stderr
+
+    assert_same_weights(tmp_path / "reference", out, atol=0)
+    a, b = metrics_of(tmp_path / "reference"), metrics_of(out)
+    for key in ("accuracy", "f1_macro", "eval_loss", "steps", "epochs", "per_class"):
+        assert a[key] == b[key], key
+    assert b["steps"] == 10
+    best_a, best_b = (m["best_metric"] for m in (a, b))
+    assert best_a["value"] == best_b["value"] and best_b["checkpoint"] == str(out / "checkpoints" / "checkpoint-6")
+    assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-6)
+    assert read_csv(tmp_path / "reference" / "predictions.csv") == read_csv(out / "predictions.csv")
+
+
+# ---------------------------------------------------------------- checkpoints verified, the lock, failed writes
 
 
 def fake_checkpoint(folder, step: int):
