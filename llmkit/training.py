@@ -134,13 +134,13 @@ class SeededTrainer(Trainer):
         with CheapDropout() if self.cheap_dropout else contextlib.nullcontext():
             return super().training_step(model, inputs, num_items_in_batch)
 
-    def _run_epoch(self, *args, **kwargs):
+    def get_batch_samples(self, epoch_iterator, num_batches, *args, **kwargs):
         # Resumed from the last checkpoint (a crash after it, before the final save): nothing is left to train, but
-        # the Trainer would take one step of the next batch before it checks ("step 61/60").
+        # the Trainer would take one more step before it checks max_steps ("step 61/60"). No batches: it stops.
         if self.state.global_step >= self.state.max_steps:
             self.control.should_training_stop = True
-            return None
-        return super()._run_epoch(*args, **kwargs)
+            return [], None
+        return super().get_batch_samples(epoch_iterator, num_batches, *args, **kwargs)
 
     def _save_checkpoint(self, model, trial):
         from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR

@@ -24,8 +24,8 @@ def test_trainer_internals_llmkit_uses_exist(tmp_path):
     assert hf_compat.metric_key_prefix(("dl", "desc"), {}) == "eval"
     assert "_train_batch_size" in inspect.getsource(Trainer.__init__)
     assert "_get_train_sampler" in dict(inspect.getmembers(Trainer))
-    # training.SeededTrainer overrides the loop's epoch and checkpoint steps (exact resume, failed writes)
-    assert "self._run_epoch(" in inspect.getsource(Trainer._inner_training_loop)
+    # training.SeededTrainer overrides the loop's batch fetching and checkpoint steps (exact resume, failed writes)
+    assert "self.get_batch_samples(" in inspect.getsource(Trainer)
     assert "self._save_checkpoint(" in inspect.getsource(Trainer._maybe_log_save_evaluate)
     assert "self._save_optimizer_and_scheduler(" in inspect.getsource(Trainer._save_checkpoint)  # tests/crash.py
 
