@@ -301,7 +301,10 @@ def is_write_failure(error: BaseException) -> bool:
 def write_failure(what: str, path: Path, error: BaseException, run_path: Path) -> str:
     """The one line for a checkpoint or final save that could not be written (disk full, read-only, ...)."""
     reason = getattr(error, "strerror", None) or (str(error).strip().splitlines() or [type(error).__name__])[0]
-    last = usable_checkpoint(run_path, lambda _: None) if (run_path / CHECKPOINTS).is_dir() else None
+    try:
+        last = usable_checkpoint(run_path, lambda _: None)
+    except OutputError:  # none of them is usable
+        last = None
     return (f"Could not write {what} {path}: {reason} ({free_space(path)} free there). The checkpoints before it "
             f"are intact (last: {last or 'none'}). Make room (or make it writable) and run the same command with "
             f"--resume.")
@@ -353,9 +356,13 @@ def output_lock(output_dir: str):
     path = Path(output_dir).expanduser().absolute()
     lock = lock_path(path)
     created = [p for p in [lock.parent, *lock.parent.parents] if not p.exists()]
-    lock.parent.mkdir(parents=True, exist_ok=True)
     while True:
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            lock.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise OutputError(f"Cannot create the lock file {lock} of --output-dir '{path}': {e.strerror or e}. "
+                              f"Choose an --output-dir in a writable folder.") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -227,6 +227,9 @@ def test_the_output_lock_refuses_a_second_holder_and_takes_over_a_dead_ones(tmp_
     with output_lock(str(out)):
         pass
     assert "pid 999999 on elsewhere" in capsys.readouterr().err and not lock_path(out).exists()
+    with pytest.raises(OutputError, match="Cannot create the lock file .*writable folder"):
+        with output_lock("/proc/llmkit/run"):  # a folder nobody, root included, can create
+            pass
 
 
 def test_a_final_save_that_cannot_be_written_names_the_path_and_the_free_space(tmp_path):
@@ -244,6 +247,7 @@ def test_a_final_save_that_cannot_be_written_names_the_path_and_the_free_space(t
     with pytest.raises(ValueError):  # not a write failure: left alone
         with final_write(RunDir(tmp_path)):
             raise ValueError("a bug")
-    with pytest.raises(RunError, match="No space left on device"):
+    truncate(tmp_path / "checkpoints" / "checkpoint-4" / "model.safetensors")  # no usable checkpoint left
+    with pytest.raises(RunError, match="No space left on device.*last: none"):
         with final_write(RunDir(tmp_path)):
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
