@@ -70,12 +70,15 @@ def test_pretrain_killed_at_every_moment_resumes_to_the_uninterrupted_run(tmp_pa
 
     assert checkpoint_problem(out / "checkpoints" / "checkpoint-4") is None
 
-    # SIGKILL after the last checkpoint (step 12 of 12), then during the final save: nothing is trained again
+    # SIGKILL after the last checkpoint (step 12 of 12); its weights then truncated (a bad copy): skipped, named
     assert crash.run(resume, logs, "checkpoint@12").returncode == -signal.SIGKILL
-    assert checkpoints(out)[-1] == "checkpoint-12" and not (out / "metrics.json").exists()
-    during_save = crash.run(resume, logs, "final-save")
-    assert during_save.returncode == -signal.SIGKILL
-    assert "step 13" not in during_save.stderr and not (out / "config.json").exists()
+    assert checkpoints(out) == ["checkpoint-4", "checkpoint-8", "checkpoint-12"]
+    assert not (out / "metrics.json").exists()
+    truncate(out / "checkpoints" / "checkpoint-12" / "model.safetensors")
+    during_save = crash.run(resume, logs, "final-save")  # SIGKILL during the final save
+    assert during_save.returncode == -signal.SIGKILL and not (out / "config.json").exists()
+    assert "skipping checkpoint" in during_save.stderr and "checkpoint-12: model.safetensors is damaged" in \
+        during_save.stderr and "checkpoint-8" in during_save.stderr and "step 13" not in during_save.stderr
 
     # A second run on the directory while one is going, with --resume or --overwrite, is refused at once
     last = crash.start(resume, logs, "pause")
@@ -90,7 +93,7 @@ def test_pretrain_killed_at_every_moment_resumes_to_the_uninterrupted_run(tmp_pa
     finally:
         os.kill(last.process.pid, signal.SIGCONT)
     assert last.wait().returncode == 0, last.stderr
-    assert "step 13" not in last.stderr
+    assert "checkpoint-12" in last.stderr and "step " not in last.stderr, "resumed at step 12: nothing to train"
 
     # The same model and metrics as the uninterrupted run; throughput over all the segments
     assert_same_weights(tmp_path / "reference", out, atol=0)
