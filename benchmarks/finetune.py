@@ -59,9 +59,9 @@ SEQ, BATCH, LR, SEED = 128, 32, 1e-4, 42
 
 
 def topic_examples(topics: tuple[str, ...], per_topic: int, seed: int) -> list[dict[str, str]]:
-    """Up to `per_topic` docstring paragraphs (>= 8 words) of each stdlib package, labelled by the package.
+    """`per_topic` docstring paragraphs (>= 8 words) of each stdlib package or module, labelled by its name.
 
-    A paragraph found under two packages is dropped (its label would be ambiguous); doctest paragraphs too.
+    A paragraph found under two names is dropped (its label would be ambiguous); doctest paragraphs too.
     """
     from llmkit import data
 
@@ -69,11 +69,12 @@ def topic_examples(topics: tuple[str, ...], per_topic: int, seed: int) -> list[d
     found: dict[str, dict[str, None]] = {t: {} for t in topics}
     for path in sorted(stdlib.rglob("*.py")):
         parts = path.relative_to(stdlib).parts
-        if parts[0] not in found or "test" in parts or "tests" in parts:
+        owner = parts[0].removesuffix(".py")
+        if owner not in found or "test" in parts or "tests" in parts:
             continue
         for para in data.docstring_paragraphs(path, min_words=8):
             if ">>>" not in para:
-                found[parts[0]][para] = None
+                found[owner][para] = None
     owners: dict[str, int] = {}
     for paras in found.values():
         for p in paras:

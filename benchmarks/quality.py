@@ -46,12 +46,10 @@ import csv
 import json
 import math
 import os
-import random
 import shutil
 import statistics
 import subprocess
 import sys
-import sysconfig
 import time
 from pathlib import Path
 from typing import Any
@@ -93,41 +91,9 @@ DEFAULT_VARIANTS = ("plain", "plain-matched", "llmkit", *(f"llmkit-{lever}" for 
 # ---------------------------------------------------------------- data
 
 
-def labelled_paragraphs(labels: tuple[str, ...], per_label: int, seed: int) -> list[dict[str, str]]:
-    """`per_label` docstring paragraphs of each standard-library package or module, labelled by it (a paragraph
-    found under two labels, and doctest paragraphs, are left out)."""
-    from llmkit import data
-
-    stdlib = Path(sysconfig.get_paths()["stdlib"])
-    found: dict[str, dict[str, None]] = {label: {} for label in labels}
-    for path in sorted(stdlib.rglob("*.py")):
-        parts = path.relative_to(stdlib).parts
-        owner = parts[0].removesuffix(".py")
-        if owner not in found or "test" in parts or "tests" in parts:
-            continue
-        for para in data.docstring_paragraphs(path, min_words=8):
-            if ">>>" not in para:
-                found[owner][para] = None
-    owners: dict[str, int] = {}
-    for paras in found.values():
-        for p in paras:
-            owners[p] = owners.get(p, 0) + 1
-    rng = random.Random(seed)
-    rows = []
-    for label in labels:
-        paras = [p for p in found[label] if owners[p] == 1]
-        rng.shuffle(paras)
-        if len(paras) < per_label:
-            raise SystemExit(f"only {len(paras)} paragraphs for '{label}' in this Python's standard library; "
-                             f"choose other labels")
-        rows += [{"text": p, "label": label} for p in paras[:per_label]]
-    rng.shuffle(rows)
-    return rows
-
-
 def make_dataset(name: str) -> dict[str, Any]:
     labels, per_train, per_test, epochs = DATASETS[name]
-    rows = labelled_paragraphs(labels, per_train + per_test, seed=42)
+    rows = speed.topic_examples(labels, per_train + per_test, seed=42)
     folder = WORK / f"{name}-{os.getpid()}"  # several benchmark processes may run at once
     train, test, majority = speed.write_split(rows, per_test, folder)
     return {"name": name, "train": str(train), "test": str(test), "epochs": epochs, "labels": len(labels),
