@@ -137,15 +137,12 @@ def run_llmkit(model: str, train: Path, test: Path, epochs: float, out: Path) ->
             "train_s": metrics["train_runtime_s"], "wall_s": wall, "precision": metrics["precision"]}
 
 
-def run_plain_hf(model: str, train: str, test: str, epochs: float, out: str) -> dict[str, Any]:
-    """run_classification.py's way: pad everything to max_length in datasets.map, stock Trainer defaults."""
-    start = time.perf_counter()
-    import numpy as np
+def plain_classification_data(model: str, train: str, test: str, pad_to_max: bool) -> tuple[Any, Any, Any, list]:
+    """What run_classification.py builds before its Trainer: (tokenized train/test, tokenizer, classifier with a
+    fresh head, sorted label names); texts padded to SEQ in datasets.map (its default) or only truncated."""
     from datasets import load_dataset
-    from transformers import (AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, Trainer,
-                              TrainingArguments, default_data_collator, set_seed)
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
-    set_seed(SEED)
     raw = load_dataset("csv", data_files={"train": train, "test": test})
     label_list = sorted(set(raw["train"]["label"]))
     label_to_id = {v: i for i, v in enumerate(label_list)}
@@ -157,12 +154,23 @@ def run_plain_hf(model: str, train: str, test: str, epochs: float, out: str) -> 
     classifier.config.id2label = {i: v for v, i in label_to_id.items()}
 
     def preprocess(examples):
-        result = tokenizer(examples["text"], padding="max_length", max_length=SEQ, truncation=True)
+        result = tokenizer(examples["text"], padding="max_length" if pad_to_max else False, max_length=SEQ,
+                           truncation=True)
         # "labels", not "label": datasets 5 would keep the old column's string type for a same-named output
         result["labels"] = [label_to_id[v] for v in examples["label"]]
         return result
 
-    data = raw.map(preprocess, batched=True, remove_columns=["text", "label"])
+    return raw.map(preprocess, batched=True, remove_columns=["text", "label"]), tokenizer, classifier, label_list
+
+
+def run_plain_hf(model: str, train: str, test: str, epochs: float, out: str) -> dict[str, Any]:
+    """run_classification.py's way: pad everything to max_length in datasets.map, stock Trainer defaults."""
+    start = time.perf_counter()
+    import numpy as np
+    from transformers import Trainer, TrainingArguments, default_data_collator, set_seed
+
+    set_seed(SEED)
+    data, tokenizer, classifier, _ = plain_classification_data(model, train, test, pad_to_max=True)
     args = TrainingArguments(output_dir=out, num_train_epochs=epochs, per_device_train_batch_size=BATCH,
                              learning_rate=LR, seed=SEED, report_to="none", save_strategy="no",
                              disable_tqdm=True, logging_steps=10)

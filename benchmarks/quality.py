@@ -144,27 +144,11 @@ def run_plain(model: str, ds: dict[str, Any], seed: int, optim: dict[str, float]
     import resource
 
     import numpy as np
-    from datasets import load_dataset
-    from transformers import (AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding,
-                              Trainer, TrainingArguments, set_seed)
+    from transformers import DataCollatorWithPadding, Trainer, TrainingArguments, set_seed
 
     set_seed(seed)
-    raw = load_dataset("csv", data_files={"train": ds["train"], "test": ds["test"]})
-    label_list = sorted(set(raw["train"]["label"]))
-    label_to_id = {v: i for i, v in enumerate(label_list)}
-    config = AutoConfig.from_pretrained(model, num_labels=len(label_list), finetuning_task="text-classification")
-    config.problem_type = "single_label_classification"
-    tokenizer = AutoTokenizer.from_pretrained(model)
-    classifier = AutoModelForSequenceClassification.from_pretrained(model, config=config)
-    classifier.config.label2id = label_to_id
-    classifier.config.id2label = {i: v for v, i in label_to_id.items()}
-
-    def preprocess(examples):
-        result = tokenizer(examples["text"], max_length=SEQ, truncation=True)
-        result["labels"] = [label_to_id[v] for v in examples["label"]]
-        return result
-
-    data = raw.map(preprocess, batched=True, remove_columns=["text", "label"])
+    data, tokenizer, classifier, label_list = speed.plain_classification_data(model, ds["train"], ds["test"],
+                                                                              pad_to_max=False)
     optim = {"per_device_train_batch_size": BATCH, **optim}
     args = TrainingArguments(output_dir=out, num_train_epochs=ds["epochs"], learning_rate=LR, seed=seed,
                              report_to="none", save_strategy="no", disable_tqdm=True, logging_steps=10, **optim)
