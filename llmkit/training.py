@@ -22,6 +22,7 @@ from llmkit.errors import ConfigError
 from llmkit.modeling import MaskedPositionsHead
 
 DATA_TIMEOUT_S = 24 * 3600  # the data stage may wait this long for the slowest rank's share of tokenization
+DDP_TIMEOUT_S = 300  # training's collectives; --set training.ddp_timeout=N changes it
 SIGNAL_CHECK_STEPS = 10  # launched runs agree on stopping (after Ctrl-C / SIGTERM) every this many steps
 
 
@@ -36,6 +37,9 @@ def training_arguments(cfg: Any, output_dir: Path, precision: str, **overrides: 
     # Masked LMs and classifiers use every parameter each step: spare DDP its per-step search for unused ones.
     values.setdefault("ddp_find_unused_parameters", False)
     values.setdefault("dataloader_num_workers", loader_workers())
+    # A lost machine ends a multi-machine run within this (the collectives' timeout, and how long
+    # llmkit.distributed.watch_machines waits for a silent machine): minutes, not HF's 30. The data stage has its own.
+    values.setdefault("ddp_timeout", DDP_TIMEOUT_S)
     if precision == "fp32" and torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 8:
         values.setdefault("tf32", True)  # fp32 on Ampere/Hopper: TF32 matmuls, several times faster
     # llmkit's --precision decides; an Accelerate config's mixed_precision would otherwise silently turn an fp32
@@ -78,16 +82,19 @@ def loader_workers() -> int:
 
 
 @contextlib.contextmanager
-def data_stage(args: TrainingArguments):
-    """A barrier for the data stage of a launched run, on a gloo group of its own with a long timeout.
+def data_stage(args: TrainingArguments, cache: Path | None = None):
+    """The ranks of the data stage of a launched run (`distributed.DataRanks`), on a gloo group of its own with a
+    long timeout.
 
     Ranks wait there for each other's share of tokenization (or for the main process to train a tokenizer);
-    the training collectives keep `ddp_timeout` (30 minutes by default), so a rank that hangs mid-training
-    does not hold every GPU for hours. The group is destroyed when the data stage ends. A no-op in a single
-    process.
+    the training collectives keep `ddp_timeout` (DDP_TIMEOUT_S), so a rank that hangs mid-training does not hold
+    every GPU for hours. With a `cache` that some machine cannot see, each machine prepares its own copy. The
+    group is destroyed when the data stage ends. A no-op in a single process.
     """
+    from llmkit import distributed
+
     if args.world_size <= 1:
-        yield lambda: None
+        yield distributed.DataRanks()
         return
     from datetime import timedelta
 
@@ -95,7 +102,7 @@ def data_stage(args: TrainingArguments):
 
     group = dist.new_group(backend="gloo", timeout=timedelta(seconds=DATA_TIMEOUT_S))
     try:
-        yield lambda: dist.barrier(group=group)
+        yield distributed.data_ranks(args, group, cache)
     finally:
         dist.destroy_process_group(group)
 
@@ -436,9 +443,12 @@ def train(trainer: Trainer, guard: StopCallback, run_dir: Any, config_yaml: str)
 
     if trainer.is_world_process_zero() and not run_dir.resume_from:
         outputs.record_start(run_dir, config_yaml)
+    from llmkit.distributed import watch_machines
+
     guard.install()
     try:
-        result = trainer.train(resume_from_checkpoint=run_dir.resume_from)
+        with watch_machines(trainer.args):  # a machine lost mid-run: named, and this process stops in bounded time
+            result = trainer.train(resume_from_checkpoint=run_dir.resume_from)
     finally:
         guard.uninstall()
     if guard.nonfinite_step is not None:

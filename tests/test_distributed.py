@@ -308,3 +308,51 @@ def test_more_processes_than_visible_gpus_is_refused():
     check_processes(2, gpus=2)
     with pytest.raises(ConfigError, match="more processes than the 1 visible GPU.*--num-processes 1"):
         check_processes(2, gpus=1)
+
+
+# ---------------------------------------------------------------- two machines (two launches on localhost)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def machine_launch(rank: int, port: int, out: Path, model: Path, corpus: Path, tmp: Path, *extra: str):
+    """`llmkit pretrain` as machine `rank` of 2 (one process each) on localhost, its own cache (node-local)."""
+    import subprocess
+
+    from tests.conftest import OFFLINE
+
+    env = {**os.environ, **OFFLINE, **cpu_env(tmp)}
+    env.pop("LLMKIT_DEBUG", None)
+    command = [sys.executable, "-m", "llmkit", "pretrain", "--model", str(model), "--data", str(corpus), "-o",
+               str(out), *STEPS, "--set", "training.per_device_train_batch_size=4", "--num-processes", "2",
+               "--num-machines", "2", "--machine-rank", str(rank), "--main-process-ip", "127.0.0.1",
+               "--main-process-port", str(port), *extra]
+    return subprocess.Popen(command, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)  # its own process group: the test can stop the whole machine
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_pretrain_on_two_machines_with_node_local_caches(mlm_setup, tmp_path):
+    """2 machines x 1 process (two launches, gloo, static rendezvous) train as 2 processes on one machine do; the
+    caches are not shared, so each machine prepares its own copy of the data (checked to be the same)."""
+    model, corpus, reference = mlm_setup
+    port = free_port()
+    machines = [machine_launch(rank, port, tmp_path / "run", model, corpus, tmp_path if rank == 0 else
+                               tmp_path / "machine-1") for rank in (0, 1)]
+    (out0, err0), (out1, err1) = (m.communicate(timeout=300) for m in machines)
+    assert machines[1].returncode == 0 and out1 == "", err1[-3000:]
+    assert "--num_machines 2 --machine_rank 0 --main_process_ip 127.0.0.1" in err0
+    assert "is not shared between the machines (machine(s) 1 cannot see" in err0
+    assert (tmp_path / "machine-1" / "cache" / "prepared").is_dir()  # machine 1 prepared its own copy
+
+    class Result:
+        returncode, stdout, stderr = machines[0].returncode, out0, err0
+
+    check_two_process_run(Result, tmp_path / "run", reference, tmp_path)
