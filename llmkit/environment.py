@@ -233,7 +233,8 @@ def report() -> dict[str, Any]:
         "cpu": {"cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "native_bf16": cpu_has_bf16()},
         "cuda": {"available": torch.cuda.is_available(), "version": torch.version.cuda, "gpus": gpus},
         "precision": {"auto": precision, "why": why},
-        "attention": resolve_attention("auto", "accelerator" if has_accelerator() else "cpu"),
+        "attention": {family: resolve_attention("auto", "cuda" if gpus else "accelerator" if has_accelerator()
+                                                else "cpu", family)[0] for family in ("bert", "modernbert")},
         "placement": plan,
         "accelerate_config": str(config_file) if config_file else None,
         "num_processes_launch": {"processes": processes, "command": shown(launch), "what": launch_why},
@@ -259,8 +260,9 @@ def main(as_json: bool = False) -> None:
     print("gpus:       " + (", ".join(f"cuda:{g['index']} {g['name']} ({g['memory_gib']} GiB)" for g in gpus)
                             if gpus else "none"))
     print(f"precision:  {info['precision']['auto']} ({info['precision']['why']}); override with --precision")
-    print(f"attention:  {info['attention']} for training (model.attn_implementation=auto; eager on a CPU, sdpa on "
-          f"a GPU)")
+    print("attention:  " + ", ".join(f"{k} {v}" for k, v in info["attention"].items()) + " for training "
+          "(model.attn_implementation=auto; eager on a CPU; on CUDA flash-attn if usable, flex_attention for "
+          "ModernBERT without it, else sdpa)")
     print(f"placement:  {info['placement']}")
     print(f"accelerate: {info['accelerate_config'] or 'no default config file (accelerate launch uses its defaults)'}")
     launch = info["num_processes_launch"]

@@ -42,9 +42,9 @@ def run(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> dict[s
     precision, why = devices.precision(cfg.precision)
     args = training.training_arguments(cfg, run_dir.checkpoints, precision,
                                        remove_unused_columns=False)  # keep "index": it keys the masks
-    attention = modeling.resolve_attention(cfg.model.attn_implementation, args.device.type,
-                                           None if cfg.model.name else cfg.model.arch)
-    log(f"precision: {precision} ({why}); attention: {attention}")
+    attention, reason = modeling.resolve_attention(cfg.model.attn_implementation, args.device.type,
+                                                   modeling.model_type(cfg))
+    log(f"precision: {precision} ({why}); attention: {attention} ({reason})")
 
     # 3. tokenizer and data: tokenized once into memory-mapped shards, every rank taking a share
     import transformers
