@@ -132,6 +132,7 @@ class SeededTrainer(Trainer):
     def __init__(self, *args: Any, cheap_dropout: bool = True, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.cheap_dropout = cheap_dropout and self.args.device.type == "cpu" and not self.args.torch_compile
+        hf_compat.fsdp_per_layer_units(self)
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         with CheapDropout() if self.cheap_dropout else contextlib.nullcontext():
