@@ -129,3 +129,19 @@ def test_an_fsdp_trainer_wraps_the_models_layers_and_reduces_in_fp32():
     assert prepared == [model] and plugin.transformer_cls_names_to_wrap == ["ModernBertEncoderLayer"]
     policy = plugin.mixed_precision_policy
     assert (policy.param_dtype, policy.reduce_dtype) == (torch.bfloat16, torch.float32)
+
+
+def test_modernbert_fill_mask_runs_its_decoder_in_fp32_under_bf16(tmp_path):
+    """The README's promise for every family: encoder in autocast, the whole vocabulary head (ModernBERT: head and
+    its sibling decoder) in fp32."""
+    from llmkit import fillmask
+
+    tokenizer = tiny_tokenizer()
+    model = modeling.build_mlm("modernbert", "tiny", tokenizer, 64, "eager")
+    model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    filler = fillmask.load(tmp_path, device="cpu", precision="bf16", runtime="torch")
+    seen = {}
+    filler.model.decoder.register_forward_hook(lambda m, i, o: seen.update(dtype=o.dtype))
+    fillmask.fill_mask(filler, ["alpha beta [MASK] delta"], top_k=2)
+    assert seen["dtype"] == torch.float32 and "vocabulary head in fp32" in filler.why
