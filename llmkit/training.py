@@ -37,6 +37,8 @@ def training_arguments(cfg: Any, output_dir: Path, precision: str, **overrides: 
     # Masked LMs and classifiers use every parameter each step: spare DDP its per-step search for unused ones.
     values.setdefault("ddp_find_unused_parameters", False)
     values.setdefault("dataloader_num_workers", loader_workers())
+    if has_accelerator():  # pinned batches (the Trainer's default) copied to the GPU without waiting for each copy
+        values.setdefault("accelerator_config", {"non_blocking": True})
     # A lost machine ends a multi-machine run within this (the collectives' timeout, and how long
     # llmkit.distributed.watch_machines waits for a silent machine): minutes, not HF's 30. The data stage has its own.
     values.setdefault("ddp_timeout", DDP_TIMEOUT_S)
