@@ -42,8 +42,11 @@ torch.__version__, "cuda", torch.version.cuda, torch.cuda.get_device_name(0) if 
 tag="$("$PYTHON" -c 'import sys; print(f"py{sys.version_info[0]}{sys.version_info[1]}")')"
 if ! "$PYTHON" -c 'import datasets, evaluate' 2>/dev/null; then
   if ls "$root/benchmarks/wheels/$tag"/*.whl >/dev/null 2>&1; then
-    "$PYTHON" -m pip install --quiet --no-index --no-deps --target "$work/site" "$root/benchmarks/wheels/$tag"/*.whl \
-      && echo "installed $(ls "$root/benchmarks/wheels/$tag" | wc -l) wheels from benchmarks/wheels/$tag into $work/site" \
+    if "$PYTHON" -m pip --version >/dev/null 2>&1; then
+      "$PYTHON" -m pip install --quiet --no-index --no-deps --target "$work/site" "$root/benchmarks/wheels/$tag"/*.whl
+    else  # no pip there: these wheels need no build step, so unpacking them is installing them
+      for wheel in "$root/benchmarks/wheels/$tag"/*.whl; do "$PYTHON" -m zipfile -e "$wheel" "$work/site"; done
+    fi && echo "installed $(ls "$root/benchmarks/wheels/$tag" | wc -l) wheels from benchmarks/wheels/$tag into $work/site" \
       || status=1
   else
     echo "datasets/evaluate are missing and benchmarks/wheels/$tag has no wheels: run benchmarks/gpu_wheels.sh" \
@@ -66,7 +69,8 @@ stage() {  # stage NAME BUDGET_S COMMAND...: runs it under its budget, reports i
   [[ $rc -eq 0 ]] || status=1
 }
 
-stage "GPU tests" 140 "$PYTHON" -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider -o addopts="" -rs
+stage "GPU tests" 140 "$PYTHON" -m pytest -v -m gpu tests/test_gpu.py -p no:cacheprovider -o addopts="" -rs  # -v: a
+# line per test as it ends, so a stage cut by its budget still shows what passed
 stage "pretrain: llmkit vs plain HF" 170 "$PYTHON" benchmarks/gpu_bench.py pretrain $dry
 stage "finetune: llmkit vs plain HF" 90 "$PYTHON" benchmarks/gpu_bench.py finetune $dry
 stage "fill-mask and predict: llmkit vs pipeline" 60 "$PYTHON" benchmarks/gpu_bench.py inference $dry

@@ -260,9 +260,11 @@ def main(as_json: bool = False) -> None:
     print("gpus:       " + (", ".join(f"cuda:{g['index']} {g['name']} ({g['memory_gib']} GiB)" for g in gpus)
                             if gpus else "none"))
     print(f"precision:  {info['precision']['auto']} ({info['precision']['why']}); override with --precision")
-    print("attention:  " + ", ".join(f"{k} {v}" for k, v in info["attention"].items()) + " for training "
-          "(model.attn_implementation=auto; eager on a CPU; on CUDA flash-attn if usable, flex_attention for "
-          "ModernBERT without it, else sdpa)")
+    chosen = set(info["attention"].values())
+    print("attention:  " + (chosen.pop() if len(chosen) == 1 else ", ".join(f"{k} {v}" for k, v in
+                                                                         info["attention"].items()))
+          + " for training (model.attn_implementation=auto; eager on a CPU; on CUDA flash-attn if usable, "
+          "flex_attention for ModernBERT without it, else sdpa)")
     print(f"placement:  {info['placement']}")
     print(f"accelerate: {info['accelerate_config'] or 'no default config file (accelerate launch uses its defaults)'}")
     launch = info["num_processes_launch"]
