@@ -201,7 +201,9 @@ def prepare(
 
   llmkit pretrain runs/mlm/llmkit.yaml              # rerun a finished run's exact config
 
-  llmkit pretrain --data notes.jsonl --set data.text_column=body --set training.learning_rate=3e-4""")
+  llmkit pretrain --data notes.jsonl --set data.text_column=body --set training.learning_rate=3e-4
+
+  llmkit pretrain bert-base-gpu --num-processes 16 --num-machines 2 --machine-rank 0 --main-process-ip 10.0.0.1""")
 def pretrain(
     recipe: Recipe = None,
     data: Annotated[Optional[list[str]], typer.Option("--data", "-d", help="Text file, folder, .jsonl/.json/.csv/"

@@ -29,6 +29,7 @@ from llmkit.console import log
 from llmkit.errors import DataError, RunError
 
 FINISHED = 1 << 40  # a heartbeat counter past this: the machine finished training (its silence is no loss)
+STARTUP_GRACE_S = 60.0  # a machine not yet beating (still loading its model) gets this much longer
 
 
 def machine_count() -> int:
@@ -184,7 +185,7 @@ class MachineWatch:
             last, since = self.seen[machine]
             if count != last:
                 self.seen[machine] = (count, now)
-            elif count < FINISHED and now - since > within:
+            elif count < FINISHED and now - since > within + (STARTUP_GRACE_S if count == 0 else 0.0):
                 lost.append(machine)
         if lost:
             return self.message(lost, f"no sign of life for {within:.0f} s (hung, powered off or cut off from the "
