@@ -61,6 +61,14 @@ class DataRanks:
     group: Any = None  # the run-wide gloo group of the data stage (None: one process)
     per_machine: bool = False  # each machine prepares its own copy
     blind: list[int] = field(default_factory=list)  # machines that cannot see rank 0's cache
+    local_group: Any = None  # per machine: this machine's gloo group
+
+    def close(self) -> None:
+        if self.local_group is not None:
+            import torch.distributed as dist
+
+            dist.destroy_process_group(self.local_group)
+            self.local_group = None
 
     @property
     def ranks(self) -> dict[str, Any]:
@@ -114,7 +122,7 @@ def data_ranks(args: Any, group: Any, cache: Path | None) -> DataRanks:
         f"cache on a shared filesystem (--set data.cache_dir=DIR or LLMKIT_CACHE=DIR), or prepare ahead with "
         f"`llmkit prepare ... -o DIR` and copy DIR to every machine.")
     return DataRanks(local.index(args.process_index), len(local), lambda: dist.barrier(group=mine), group,
-                     per_machine=True, blind=blind)
+                     per_machine=True, blind=blind, local_group=mine)
 
 
 def machines_not_seeing(cache: Path, group: Any) -> list[int]:
@@ -161,6 +169,7 @@ class MachineWatch:
         self.thread = threading.Thread(target=self.run, name="llmkit-machine-watch", daemon=True)
 
     def start(self) -> "MachineWatch":
+        self.store.add(str(self.me), 1)  # a first heartbeat before training starts: from now on, silence counts
         self.thread.start()
         return self
 

@@ -103,9 +103,13 @@ def data_stage(args: TrainingArguments, cache: Path | None = None):
     import torch.distributed as dist
 
     group = dist.new_group(backend="gloo", timeout=timedelta(seconds=DATA_TIMEOUT_S))
+    stage = None
     try:
-        yield distributed.data_ranks(args, group, cache)
+        stage = distributed.data_ranks(args, group, cache)
+        yield stage
     finally:
+        if stage is not None:
+            stage.close()
         dist.destroy_process_group(group)
 
 
