@@ -6,8 +6,11 @@
 - `watch_machines`: while training, one process per machine keeps a heartbeat in the launcher's store
   (torchrun's TCPStore, the one the rendezvous used) and watches the others'. A machine whose processes are
   killed closes its sockets and the collectives fail at once; one that hangs, loses power or network keeps its
-  connections open, and only a timeout ends the wait. A machine silent for `training.ddp_timeout` seconds (the
-  collectives' own timeout) is reported by machine and ranks, with how to resume, and this process stops.
+  connections open, and only a timeout ends the wait (the collectives': `training.ddp_timeout`, 30 minutes by
+  default, which llmkit leaves alone: a finetune's tokenization waits under it). A machine silent for
+  `machine_timeout` seconds (MACHINE_TIMEOUT_S, or `training.ddp_timeout` when it is set) is reported by machine and
+  ranks, with how to resume, and this process stops. The heartbeat is a thread: slow work (a long checkpoint, an
+  evaluation) does not silence it; a frozen, dead or cut-off machine does.
 
 torch is imported inside the functions: importing this module stays cheap.
 """
@@ -29,6 +32,7 @@ from llmkit.console import log
 from llmkit.errors import DataError, RunError
 
 FINISHED = 1 << 40  # a heartbeat counter past this: the machine finished training (its silence is no loss)
+MACHINE_TIMEOUT_S = 180.0  # a machine silent this long during training is lost
 STARTUP_GRACE_S = 60.0  # a machine not yet beating (still loading its model) gets this much longer
 
 
@@ -41,6 +45,17 @@ def machine_count() -> int:
 def machine_rank() -> int:
     """This machine's rank in a launched run (torchrun's GROUP_RANK, accelerate's --machine_rank)."""
     return int(os.environ.get("GROUP_RANK", os.environ.get("NODE_RANK", "0")))
+
+
+def machine_timeout(args: Any) -> float:
+    """Seconds a machine may be silent before it counts as lost: `training.ddp_timeout` when the run sets it,
+    else MACHINE_TIMEOUT_S (HF's default collective timeout, 30 minutes, would hold every GPU that long)."""
+    import dataclasses
+
+    from transformers import TrainingArguments
+
+    default = next(f.default for f in dataclasses.fields(TrainingArguments) if f.name == "ddp_timeout")
+    return float(args.ddp_timeout) if args.ddp_timeout != default else MACHINE_TIMEOUT_S
 
 
 def resume_advice() -> str:
@@ -235,7 +250,7 @@ def watch_machines(args: Any):
     if machines <= 1 or args.local_process_index != 0 or "MASTER_ADDR" not in os.environ:
         yield
         return
-    watch = MachineWatch(float(args.ddp_timeout), machines, machine_rank(),
+    watch = MachineWatch(machine_timeout(args), machines, machine_rank(),
                          int(os.environ.get("LOCAL_WORLD_SIZE", "1"))).start()
     try:
         yield

@@ -22,7 +22,6 @@ from llmkit.errors import ConfigError
 from llmkit.modeling import MaskedPositionsHead
 
 DATA_TIMEOUT_S = 24 * 3600  # the data stage may wait this long for the slowest rank's share of tokenization
-DDP_TIMEOUT_S = 300  # training's collectives; --set training.ddp_timeout=N changes it
 SIGNAL_CHECK_STEPS = 10  # launched runs agree on stopping (after Ctrl-C / SIGTERM) every this many steps
 
 
@@ -39,9 +38,6 @@ def training_arguments(cfg: Any, output_dir: Path, precision: str, **overrides: 
     values.setdefault("dataloader_num_workers", loader_workers())
     if has_accelerator():  # pinned batches (the Trainer's default) copied to the GPU without waiting for each copy
         values.setdefault("accelerator_config", {"non_blocking": True})
-    # A lost machine ends a multi-machine run within this (the collectives' timeout, and how long
-    # llmkit.distributed.watch_machines waits for a silent machine): minutes, not HF's 30. The data stage has its own.
-    values.setdefault("ddp_timeout", DDP_TIMEOUT_S)
     if precision == "fp32" and torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 8:
         values.setdefault("tf32", True)  # fp32 on Ampere/Hopper: TF32 matmuls, several times faster
     # llmkit's --precision decides; an Accelerate config's mixed_precision would otherwise silently turn an fp32
@@ -89,8 +85,8 @@ def data_stage(args: TrainingArguments, cache: Path | None = None):
     long timeout.
 
     Ranks wait there for each other's share of tokenization (or for the main process to train a tokenizer);
-    the training collectives keep `ddp_timeout` (DDP_TIMEOUT_S), so a rank that hangs mid-training does not hold
-    every GPU for hours. With a `cache` that some machine cannot see, each machine prepares its own copy. The
+    the training collectives keep `ddp_timeout`, and a machine lost mid-training is noticed far sooner
+    (`distributed.watch_machines`). With a `cache` that some machine cannot see, each machine prepares its own copy. The
     group is destroyed when the data stage ends. A no-op in a single process.
     """
     from llmkit import distributed

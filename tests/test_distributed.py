@@ -422,3 +422,12 @@ def test_a_lost_machine_stops_the_other_in_bounded_time(mlm_setup, tmp_path, how
     assert "llmkit: error: lost machine 1 (ranks 1-1)" in err and "--resume" in err, err[-3000:]
     assert took < (5 + 10 if how == "SIGSTOP" else 10), took
     print(f"{how}: machine 0 stopped {took:.1f} s after machine 1 was lost")
+
+
+def test_a_silent_machine_counts_as_lost_after_three_minutes_unless_ddp_timeout_is_set(tmp_path):
+    from transformers import TrainingArguments
+
+    from llmkit.distributed import machine_timeout
+
+    assert machine_timeout(TrainingArguments(output_dir=str(tmp_path), report_to="none")) == 180.0
+    assert machine_timeout(TrainingArguments(output_dir=str(tmp_path), report_to="none", ddp_timeout=7)) == 7.0
