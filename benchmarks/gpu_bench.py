@@ -21,6 +21,7 @@ benchmarks/results/) as JSON.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -103,8 +104,10 @@ def step_timer():
     return StepTimer()
 
 
-def with_callback(class_name: str, callback: Any) -> None:
-    """Make llmkit's `training.<class_name>` add `callback` to the trainer a run builds (the one addition)."""
+@contextlib.contextmanager
+def with_callback(class_name: str, callback: Any):
+    """Inside the block, llmkit's `training.<class_name>` adds `callback` to the trainer a run builds (the one
+    addition the benchmark makes to the real run); the class is restored after."""
     from llmkit import training
 
     base = getattr(training, class_name)
@@ -115,6 +118,21 @@ def with_callback(class_name: str, callback: Any) -> None:
             self.add_callback(callback)
 
     setattr(training, class_name, WithCallback)
+    try:
+        yield
+    finally:
+        setattr(training, class_name, base)
+
+
+def release_memory() -> None:
+    """Between variants: what the last one left is freed before the next one's peak memory is measured."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def mlm_flops_per_token(config: Any, seq: int, head_fraction: float) -> float:
@@ -176,6 +194,7 @@ def stage_pretrain(opts: dict[str, Any], info: dict[str, Any], dry: bool) -> lis
                 print(f"  {side}-{arch}: FAILED {type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}",
                       flush=True)
                 traceback.print_exc(file=sys.stderr)
+            release_memory()
     return rows
 
 
@@ -183,7 +202,6 @@ def pretrain_llmkit(arch, corpus, texts, work, opts, info, dry):
     from llmkit import config, pretrain
 
     timer = step_timer()
-    with_callback("MLMTrainer", timer)
     run_dir = work / f"llmkit-{arch}"
     cfg = config.build("pretrain", flags={
         "data.train": [str(corpus)], "model.arch": arch, "model.size": opts["size"], "data.max_seq_length": opts["seq"],
@@ -191,7 +209,8 @@ def pretrain_llmkit(arch, corpus, texts, work, opts, info, dry):
         sets=[f"training.max_steps={opts['steps']}", f"training.per_device_train_batch_size={opts['batch']}",
               "training.eval_strategy='no'", "training.save_strategy='no'", "training.logging_steps=1000",
               "data.max_eval_samples=32", f"model.vocab_size={opts['vocab']}", "data.tokenizer_sample_bytes=1000000"])
-    metrics = pretrain.run(cfg, overwrite=True)
+    with with_callback("MLMTrainer", timer):
+        metrics = pretrain.run(cfg, overwrite=True)
     from transformers import AutoConfig
 
     model_config = AutoConfig.from_pretrained(run_dir)
@@ -203,7 +222,6 @@ def pretrain_llmkit(arch, corpus, texts, work, opts, info, dry):
 def pretrain_hf(arch, corpus, texts, work, opts, info, dry):
     """Plain HF: the stock Trainer, DataCollatorForLanguageModeling, HF's default attention (SDPA), full head,
     bf16 autocast where llmkit uses it; the same blocks of the same tokenizer (llmkit's, from its run)."""
-    import torch
     from transformers import (AutoModelForMaskedLM, AutoTokenizer, DataCollatorForLanguageModeling, Trainer,
                               TrainingArguments)
 
@@ -225,9 +243,6 @@ def pretrain_hf(arch, corpus, texts, work, opts, info, dry):
     collator = DataCollatorForLanguageModeling(tokenizer=tokenizer, mlm_probability=0.15)
     Trainer(model=model, args=args, train_dataset=blocks, data_collator=collator, processing_class=tokenizer,
             callbacks=[timer]).train()
-    del model
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
     fpt = mlm_flops_per_token(model_config, seq, 1.0)
     return figures(f"hf-{arch}", timer, opts["batch"] * seq, fpt, info, opts["warmup"], precision=precision)
 
@@ -318,14 +333,14 @@ def finetune_llmkit(train, texts, labels, checkpoint, work, opts, info):
     from llmkit import config, finetune
 
     timer = step_timer()
-    with_callback("SeededTrainer", timer)
     cfg = config.build("finetune", flags={"data.train": [str(train)], "model.name": str(checkpoint),
                                           "data.max_seq_length": opts["ft_seq"], "output_dir": str(work / "llmkit")},
                        sets=[f"training.max_steps={opts['ft_steps']}",
                              f"training.per_device_train_batch_size={opts['ft_batch']}",
                              "training.eval_strategy='no'", "training.save_strategy='no'",
                              "training.load_best_model_at_end=false", "training.logging_steps=1000"])
-    metrics = finetune.run(cfg, overwrite=True)
+    with with_callback("SeededTrainer", timer):
+        metrics = finetune.run(cfg, overwrite=True)
     from transformers import AutoTokenizer
 
     lengths = [len(x) for x in AutoTokenizer.from_pretrained(checkpoint)(texts, truncation=True,

@@ -6,7 +6,8 @@
 # Here, to test this very script:  PYTHON=venv/bin/python benchmarks/gpu_check.sh --dry-run
 #                                  (same stages, tiny sizes, on the CPU; tests/test_gpu_check.py runs it)
 #
-# Stages, each with its own time budget (together 480 s), each printing its figures even when another fails:
+# Stages, each with its own time budget (140/200/70/50 s plus 5 s each to stop: 480 s together), each printing its
+# figures even when another fails (and each variant's line as soon as it is done):
 # 1. the GPU tests (tests/test_gpu.py; skipped on a machine without CUDA);
 # 2. pretrain, llmkit vs plain HF: BERT-base and ModernBERT-base at seq 1024, 30 steps each, CUDA-synchronised step
 #    timers, FLOPs per step, MFU against the GPU's dense bf16 peak (989 TFLOP/s for H100/H200 SXM), peak memory;
@@ -71,9 +72,9 @@ stage() {  # stage NAME BUDGET_S COMMAND...: runs it under its budget, reports i
 
 stage "GPU tests" 140 "$PYTHON" -m pytest -v -m gpu tests/test_gpu.py -p no:cacheprovider -o addopts="" -rs  # -v: a
 # line per test as it ends, so a stage cut by its budget still shows what passed
-stage "pretrain: llmkit vs plain HF" 170 "$PYTHON" benchmarks/gpu_bench.py pretrain $dry
-stage "finetune: llmkit vs plain HF" 90 "$PYTHON" benchmarks/gpu_bench.py finetune $dry
-stage "fill-mask and predict: llmkit vs pipeline" 60 "$PYTHON" benchmarks/gpu_bench.py inference $dry
+stage "pretrain: llmkit vs plain HF" 200 "$PYTHON" benchmarks/gpu_bench.py pretrain $dry
+stage "finetune: llmkit vs plain HF" 70 "$PYTHON" benchmarks/gpu_bench.py finetune $dry
+stage "fill-mask and predict: llmkit vs pipeline" 50 "$PYTHON" benchmarks/gpu_bench.py inference $dry
 echo "log: $log"
 echo "gpu check: $([[ $status -eq 0 ]] && echo passed || echo FAILED)"
 exit $status
