@@ -65,7 +65,7 @@ VARIANTS: dict[str, tuple[str, Any, str]] = {
     "llmkit-compile": ("llmkit", ["training.torch_compile=true"], "plus torch.compile (compile time excluded)"),
     "llmkit-seed2": ("llmkit", [f"seed={SEED + 1}"], "another seed (initial weights, data order, masks)"),
     "hf": ("hf", {}, "plain HF, run_mlm.py way: full head, SDPA (HF default), fp32"),
-    "hf-bf16": ("hf", {"bf16": True, "use_cpu": True}, "plain HF with bf16 autocast"),
+    "hf-bf16": ("hf", {"bf16": True}, "plain HF with bf16 autocast"),
     "hf-seed2": ("hf", {"seed": SEED + 1}, "plain HF, another seed: with llmkit-seed2, the seed-to-seed spread"),
 }
 QUICK = {"steps": 12, "warmup": 3, "corpus_mb": 2.0, "eval_blocks": 32, "variants": "llmkit,hf"}
@@ -217,7 +217,10 @@ def hf_features(raw: Any, tokenizer: Any, max_seq_length: int) -> Any:
 
 
 def ring_timer(ring: common.StepRing) -> Any:
+    import torch
     from transformers import TrainerCallback
+
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
 
     class RingTimer(TrainerCallback):
         """Takes turns with the other variants and records each step's time; notes the matmul dtype used."""
@@ -244,9 +247,11 @@ def ring_timer(ring: common.StepRing) -> Any:
             ring.start()
 
         def on_step_begin(self, args, state, control, **kwargs):
+            sync()
             self._begin = time.perf_counter()
 
         def on_step_end(self, args, state, control, **kwargs):
+            sync()  # CUDA is asynchronous: without it the timer measures the launch queue
             self.compute_s.append(time.perf_counter() - self._begin)
             self.step_s.append(ring.step_done())
 
@@ -297,9 +302,14 @@ def train_plain_hf(name: str, extra: dict[str, Any], setup: dict[str, Any], run_
     from transformers import (AutoModelForMaskedLM, AutoTokenizer, BertConfig, DataCollatorForLanguageModeling,
                               Trainer, TrainingArguments, set_seed)
 
+    import torch
+
+    cuda = torch.cuda.is_available()
+    placement = {"use_cpu": True} if not cuda else {"tf32": True} if not extra.get("bf16") else {}  # fp32 on a GPU: TF32
     args = TrainingArguments(**{
         "output_dir": str(run_dir), "per_device_train_batch_size": BATCH, "max_steps": setup["steps"], "seed": SEED,
-        "save_strategy": "no", "logging_steps": 25, "report_to": "none", "disable_tqdm": True, **OPTIM, **extra})
+        "save_strategy": "no", "logging_steps": 25, "report_to": "none", "disable_tqdm": True, **OPTIM, **placement,
+        **extra})
     set_seed(args.seed)
     raw = datasets.load_dataset("json", data_files={"train": setup["train"], "validation": setup["eval"]})
     tokenizer = AutoTokenizer.from_pretrained(setup["tokenizer"])

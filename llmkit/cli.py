@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -78,29 +78,43 @@ def _quiet_libraries() -> None:
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
 
 
-def _launch(num_processes: int | None) -> None:
-    """`--num-processes N`: re-run this same command under `accelerate launch` with N processes.
+LAUNCH_OPTIONS = ("--num-processes", "--num-machines", "--machine-rank", "--main-process-ip", "--main-process-port")
+
+
+def _launch(num_processes: int | None, machines: Any = None) -> None:
+    """`--num-processes N` (and the machine options): re-run this same command under `accelerate launch`.
 
     What is launched (data parallel, or the kind an Accelerate config names) is `environment.launch_command`,
-    also printed by `llmkit env`. Exits with the launch's status: 0 when every process succeeded.
+    also printed by `llmkit env`. N counts the processes of all machines, as accelerate's --num_processes does
+    (default: one per visible GPU, or one, on each machine). Exits with the launch's status: 0 when every
+    process succeeded.
     """
-    if num_processes is None or num_processes == 1 or "LOCAL_RANK" in os.environ:  # LOCAL_RANK: launched already
+    if "LOCAL_RANK" in os.environ:  # launched already
+        return
+    from llmkit.environment import Machines, check_machines
+
+    machines = machines or Machines()
+    check_machines(machines)
+    if machines.count == 1 and (num_processes is None or num_processes == 1):
         return
     import subprocess
 
     from llmkit.environment import check_processes, launch_command, shown, visible_gpus
 
-    check_processes(num_processes, visible_gpus() if num_processes > 1 else 0)
+    gpus = visible_gpus()
+    if num_processes is None:
+        num_processes = machines.count * max(1, gpus)
+    check_processes(num_processes, gpus, machines.count)
 
     args, skip = [], False
     for arg in sys.argv[1:]:
         if skip:
             skip = False
-        elif arg == "--num-processes":
+        elif arg in LAUNCH_OPTIONS:
             skip = True
-        elif not arg.startswith("--num-processes="):
+        elif not arg.startswith(tuple(f"{option}=" for option in LAUNCH_OPTIONS)):
             args.append(arg)
-    command, what = launch_command(num_processes, args)
+    command, what = launch_command(num_processes, args, machines)
     from llmkit.console import log
 
     log(f"launching {num_processes} processes ({what}): {shown(command)}")
@@ -115,7 +129,22 @@ def _launch(num_processes: int | None) -> None:
 
 
 NumProcesses = Annotated[Optional[int], typer.Option("--num-processes", help="Start N processes with `accelerate "
-                                                     "launch` (e.g. one per GPU).", show_default=False)]
+                                                     "launch` (e.g. one per GPU), counting every machine's.",
+                                                     show_default=False)]
+NumMachines = Annotated[Optional[int], typer.Option("--num-machines", help="Machines of the run: start the same "
+                                                    "command on each, with its --machine-rank.", show_default=False)]
+MachineRank = Annotated[Optional[int], typer.Option("--machine-rank", help="This machine's rank, 0 to N-1 (0: the "
+                                                    "machine at --main-process-ip).", show_default=False)]
+MainProcessIp = Annotated[Optional[str], typer.Option("--main-process-ip", help="Address of machine 0, reachable from "
+                                                      "every machine.", show_default=False)]
+MainProcessPort = Annotated[Optional[int], typer.Option("--main-process-port", help="A free TCP port on machine 0 "
+                                                        "(default 29500).", show_default=False)]
+
+
+def _machines(count: int | None, rank: int | None, ip: str | None, port: int | None) -> Any:
+    from llmkit.environment import Machines
+
+    return Machines(count if count is not None else 1, rank, ip, port)
 
 
 @app.command(epilog="""Examples:
@@ -172,7 +201,9 @@ def prepare(
 
   llmkit pretrain runs/mlm/llmkit.yaml              # rerun a finished run's exact config
 
-  llmkit pretrain --data notes.jsonl --set data.text_column=body --set training.learning_rate=3e-4""")
+  llmkit pretrain --data notes.jsonl --set data.text_column=body --set training.learning_rate=3e-4
+
+  llmkit pretrain bert-base-gpu --num-processes 16 --num-machines 2 --machine-rank 0 --main-process-ip 10.0.0.1""")
 def pretrain(
     recipe: Recipe = None,
     data: Annotated[Optional[list[str]], typer.Option("--data", "-d", help="Text file, folder, .jsonl/.json/.csv/"
@@ -196,6 +227,10 @@ def pretrain(
                                                           show_default=False)] = None,
     precision: Precision = None,
     num_processes: NumProcesses = None,
+    num_machines: NumMachines = None,
+    machine_rank: MachineRank = None,
+    main_process_ip: MainProcessIp = None,
+    main_process_port: MainProcessPort = None,
     resume: Resume = False,
     overwrite: Overwrite = False,
     set_: Sets = None,
@@ -210,7 +245,8 @@ def pretrain(
                  "model.arch": arch, "model.size": size, "output_dir": output_dir, "training.max_steps": max_steps,
                  "training.num_train_epochs": epochs, "data.max_seq_length": max_seq_length, "precision": precision}
         cfg = config.build("pretrain", recipe, flags, set_)
-        _launch(num_processes)  # after the config is valid: bad settings exit 2 before any launch
+        _launch(num_processes, _machines(num_machines, machine_rank, main_process_ip, main_process_port))  # after
+        # the config is valid: bad settings exit 2 before any launch
         metrics = recipe_module.run(cfg, resume=resume, overwrite=overwrite)
         _print_result(metrics, cfg.output_dir)
 
@@ -247,6 +283,10 @@ def finetune(
                                                           show_default=False)] = None,
     precision: Precision = None,
     num_processes: NumProcesses = None,
+    num_machines: NumMachines = None,
+    machine_rank: MachineRank = None,
+    main_process_ip: MainProcessIp = None,
+    main_process_port: MainProcessPort = None,
     resume: Resume = False,
     overwrite: Overwrite = False,
     set_: Sets = None,
@@ -262,7 +302,8 @@ def finetune(
                  "output_dir": output_dir, "training.max_steps": max_steps, "training.num_train_epochs": epochs,
                  "data.max_seq_length": max_seq_length, "precision": precision}
         cfg = config.build("finetune", recipe, flags, set_)
-        _launch(num_processes)  # after the config is valid: bad settings exit 2 before any launch
+        _launch(num_processes, _machines(num_machines, machine_rank, main_process_ip, main_process_port))  # after
+        # the config is valid: bad settings exit 2 before any launch
         metrics = recipe_module.run(cfg, resume=resume, overwrite=overwrite)
         _print_result(metrics, cfg.output_dir)
 

@@ -11,6 +11,7 @@ import os
 import platform
 import shlex
 import sys
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -54,38 +55,97 @@ def read_accelerate_config(path: Path) -> tuple[dict[str, Any], str | None]:
     return settings, None
 
 
-def launch_command(num_processes: int, llmkit_args: list[str]) -> tuple[list[str], str]:
+@dataclass
+class Machines:
+    """`--num-machines`, `--machine-rank`, `--main-process-ip`, `--main-process-port` of a launch (accelerate's)."""
+
+    count: int = 1
+    rank: int | None = None
+    ip: str | None = None
+    port: int | None = None
+
+    def flags(self) -> list[str]:
+        if self.count <= 1:
+            return ["--num_machines", "1"] + (["--main_process_port", str(self.port)] if self.port is not None else [])
+        return ["--num_machines", str(self.count), "--machine_rank", str(self.rank), "--main_process_ip",
+                str(self.ip), "--main_process_port", str(self.port if self.port is not None else 29500),
+                "--same_network"]
+
+
+def check_machines(machines: Machines) -> None:
+    """The machine options together, checked before anything is launched (all problems in one message)."""
+    from llmkit.errors import ConfigError
+
+    problems = []
+    if machines.count < 1:
+        problems.append(f"--num-machines must be 1 or more, got {machines.count}")
+    elif machines.count == 1:
+        if machines.rank not in (None, 0) or machines.ip is not None:
+            problems.append("--machine-rank and --main-process-ip are for runs over several machines: add "
+                            "--num-machines N (N >= 2)")
+    else:
+        if machines.rank is None or not 0 <= machines.rank < machines.count:
+            found = "none" if machines.rank is None else str(machines.rank)
+            problems.append(f"--machine-rank must be 0 to {machines.count - 1} (0 on the machine at --main-process-ip), "
+                            f"got {found}")
+        if not machines.ip:
+            problems.append("--main-process-ip is needed: the address of machine 0, reachable from every machine")
+    if machines.port is not None and not 0 <= machines.port <= 65535:
+        problems.append(f"--main-process-port must be a TCP port (1-65535, 0: any free one), got {machines.port}")
+    if problems:
+        raise ConfigError("; ".join(problems) + ".")
+
+
+def launch_command(num_processes: int, llmkit_args: list[str],
+                   machines: Machines | None = None) -> tuple[list[str], str]:
     """The `accelerate launch` command that `llmkit ... --num-processes N` runs, and what it will do.
 
     With no Accelerate config (or one for a single process / CPU), `--multi_gpu` asks for N data-parallel
     processes: one per GPU, or CPU processes joined with gloo when no GPU is visible (`accelerate launch
     --num_processes N` alone would start a single process there). A config for DDP, FSDP or DeepSpeed
-    decides the kind; N overrides its process count.
+    decides the kind; N overrides its process count. N counts the processes of all machines (as accelerate's
+    --num_processes does); `machines` adds accelerate's multi-machine flags.
     """
+    machines = machines or Machines()
     config = accelerate_config_file()
     settings = read_accelerate_config(config)[0] if config else {}
     kind = str(settings.get("distributed_type", "NO"))
     flags = ["--num_processes", str(num_processes)]
     if kind in DEVICE_TYPES:
         why = f"{kind} per the Accelerate config {config}"
+        if machines.count > 1 or machines.port is not None:
+            flags += machines.flags()
     else:
         flags = ["--multi_gpu", *flags, "--gpu_ids", "all"]
+        if config is None or machines.count > 1 or machines.port is not None:
+            flags += machines.flags()
         if config is None:  # values a config would give; passing them keeps accelerate from warning about each
-            flags += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+            flags += ["--mixed_precision", "no", "--dynamo_backend", "no"]
         why = "data parallel: one process per GPU, or CPU processes joined with gloo when no GPU is visible"
+    if machines.count > 1:
+        why += (f"; machine {machines.rank} of {machines.count}, {num_processes // machines.count} process(es) "
+                f"here, machine 0 at {machines.ip}")
     return [sys.executable, "-m", "accelerate.commands.launch", *flags, "-m", "llmkit", *llmkit_args], why
 
 
-def check_processes(num_processes: int, gpus: int) -> None:
-    """More processes than visible GPUs would put two ranks on one GPU (NCCL fails at the first barrier with
-    "Duplicate GPU detected"); CPU runs (no GPU visible) may use any number."""
+def check_processes(num_processes: int, gpus: int, machines: int = 1) -> None:
+    """More processes on this machine than its visible GPUs would put two ranks on one GPU (NCCL fails at the
+    first barrier with "Duplicate GPU detected"); CPU runs (no GPU visible) may use any number. Over several
+    machines, N counts all of them: each runs N / machines."""
     from llmkit.errors import ConfigError
 
     if num_processes < 1:
         raise ConfigError(f"--num-processes must be 1 or more, got {num_processes}.")
-    if gpus and num_processes > gpus:
-        raise ConfigError(f"--num-processes {num_processes} asks for more processes than the {gpus} visible GPU(s): "
-                          f"two would share a GPU. Use --num-processes {gpus} (or make more GPUs visible).")
+    if num_processes % machines:
+        raise ConfigError(f"--num-processes {num_processes} counts the processes of all {machines} machines and must "
+                          f"be a multiple of {machines}: use --num-processes {machines * max(1, gpus)} "
+                          f"({max(1, gpus)} per machine).")
+    here = num_processes // machines
+    if gpus and here > gpus:
+        per = f" ({here} on each of {machines} machines)" if machines > 1 else ""
+        raise ConfigError(f"--num-processes {num_processes} asks for more processes than the {gpus} visible GPU(s)"
+                          f"{per}: two would share a GPU. Use --num-processes {gpus * machines} (or make more GPUs "
+                          f"visible).")
 
 
 def visible_gpus() -> int:
@@ -173,7 +233,8 @@ def report() -> dict[str, Any]:
         "cpu": {"cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "native_bf16": cpu_has_bf16()},
         "cuda": {"available": torch.cuda.is_available(), "version": torch.version.cuda, "gpus": gpus},
         "precision": {"auto": precision, "why": why},
-        "attention": resolve_attention("auto", "accelerator" if has_accelerator() else "cpu"),
+        "attention": {family: resolve_attention("auto", "cuda" if gpus else "accelerator" if has_accelerator()
+                                                else "cpu", family)[0] for family in ("bert", "modernbert")},
         "placement": plan,
         "accelerate_config": str(config_file) if config_file else None,
         "num_processes_launch": {"processes": processes, "command": shown(launch), "what": launch_why},
@@ -199,8 +260,11 @@ def main(as_json: bool = False) -> None:
     print("gpus:       " + (", ".join(f"cuda:{g['index']} {g['name']} ({g['memory_gib']} GiB)" for g in gpus)
                             if gpus else "none"))
     print(f"precision:  {info['precision']['auto']} ({info['precision']['why']}); override with --precision")
-    print(f"attention:  {info['attention']} for training (model.attn_implementation=auto; eager on a CPU, sdpa on "
-          f"a GPU)")
+    chosen = set(info["attention"].values())
+    print("attention:  " + (chosen.pop() if len(chosen) == 1 else ", ".join(f"{k} {v}" for k, v in
+                                                                         info["attention"].items()))
+          + " for training (model.attn_implementation=auto; eager on a CPU; on CUDA flash-attn if usable, "
+          "flex_attention for ModernBERT without it, else sdpa)")
     print(f"placement:  {info['placement']}")
     print(f"accelerate: {info['accelerate_config'] or 'no default config file (accelerate launch uses its defaults)'}")
     launch = info["num_processes_launch"]

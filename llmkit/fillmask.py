@@ -156,7 +156,10 @@ def load(model: str | Path, device: str | None = None, precision: str = "auto", 
     # DistilBERT-style heads are several sibling modules: only the first would leave autocast.
     whole_head = filler.head.available and filler.head.head is not getattr(filler.model, "vocab_transform", None)
     if filler.precision != "fp32" and whole_head:
-        _head_in_fp32(filler.head)
+        _head_in_fp32(filler.head.head)
+        decoder = getattr(filler.model, "decoder", None)  # ModernBERT: the vocabulary projection is the head's sibling
+        if decoder is not None and decoder is not filler.head.head:
+            _head_in_fp32(decoder)
         filler.why += "; encoder in autocast, vocabulary head in fp32"
     elif filler.precision != "fp32" and precision == "auto":
         filler.precision = "fp32"
@@ -263,8 +266,8 @@ def place_in_text(result: dict[str, Any], spans: list[tuple[int | None, int | No
 # ---------------------------------------------------------------- settings
 
 
-def _head_in_fp32(head: Any) -> None:
-    """Run the vocabulary head outside autocast, on fp32 hidden states.
+def _head_in_fp32(module: Any) -> None:
+    """Run a module of the vocabulary head outside autocast, on fp32 hidden states.
 
     In bf16 the head's rounding alone reorders close candidates (on a pretrained mini BERT, 1 in 4 top-5 lists);
     with the encoder in bf16 and the head in fp32, top-5 lists match fp32 on >99% of texts, scores within ~1e-4,
@@ -272,13 +275,13 @@ def _head_in_fp32(head: Any) -> None:
     """
     import torch
 
-    inner = head.head.forward
+    inner = module.forward
 
     def forward(hidden_states, *args, **kwargs):
         with torch.autocast(hidden_states.device.type, enabled=False):
             return inner(hidden_states.float(), *args, **kwargs)
 
-    head.head.forward = forward
+    module.forward = forward
 
 
 # ---------------------------------------------------------------- tokenizing

@@ -54,8 +54,9 @@ def run(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> dict[s
 
     precision, why = devices.precision(cfg.precision)
     args = training.training_arguments(cfg, run_dir.checkpoints, precision, **selection_arguments(cfg, metric))
-    attention = modeling.resolve_attention(cfg.model.attn_implementation, args.device.type)
-    log(f"precision: {precision} ({why}); attention: {attention}")
+    attention, reason = modeling.resolve_attention(cfg.model.attn_implementation, args.device.type,
+                                                   modeling.model_type(cfg))
+    log(f"precision: {precision} ({why}); attention: {attention} ({reason})")
 
     # 4. tokenizer and model: the encoder of the checkpoint plus a fresh classification head
     tokenizer, model = classifier(cfg, problem, names, attention)

@@ -48,6 +48,45 @@ def metric_key_prefix(args: tuple, kwargs: dict[str, Any]) -> str:
     return bound.arguments.get("metric_key_prefix", signature.parameters["metric_key_prefix"].default)
 
 
+def fsdp_per_layer_units(trainer: Any) -> None:
+    """Make an FSDP run wrap the model's own layer class, and reduce gradients in fp32.
+
+    accelerate's TRANSFORMER_BASED_WRAP reads `fsdp_plugin.transformer_cls_names_to_wrap` when it prepares the
+    model (accelerate/utils/fsdp_utils.py, `fsdp2_prepare_auto_wrap_policy`); unset, it takes all of
+    `_no_split_modules`, embeddings included (split from the tied head), and a name written for one family
+    (BertLayer) wraps nothing in the others. Unset, llmkit sets it to `modeling.fsdp_units(model)`. Mixed precision
+    from accelerate reduces gradients in bf16/fp16 (`set_mixed_precision`: reduce_dtype = param_dtype); that
+    policy becomes an fp32 reduction (sums over many ranks keep their bits; parameters still compute in bf16)."""
+    plugin = getattr(trainer.accelerator.state, "fsdp_plugin", None)
+    if not getattr(trainer, "is_fsdp_enabled", False) or plugin is None:
+        return
+    prepare = trainer.accelerator.prepare
+
+    def prepare_per_layer(*objects: Any, **kwargs: Any) -> Any:
+        import torch
+
+        from llmkit.console import log
+        from llmkit.modeling import fsdp_units
+
+        for obj in objects:
+            if isinstance(obj, torch.nn.Module) and plugin.transformer_cls_names_to_wrap is None:
+                plugin.transformer_cls_names_to_wrap = fsdp_units(obj)
+                log(f"FSDP: one unit per {', '.join(plugin.transformer_cls_names_to_wrap)} (the model's layers)")
+        policy = plugin.mixed_precision_policy
+        if policy is not None and getattr(policy, "param_dtype", None) in (torch.bfloat16, torch.float16) and \
+                getattr(policy, "reduce_dtype", None) == policy.param_dtype:
+            plugin.mixed_precision_policy = type(policy)(**{**_policy_fields(policy), "reduce_dtype": torch.float32})
+        return prepare(*objects, **kwargs)
+
+    trainer.accelerator.prepare = prepare_per_layer
+
+
+def _policy_fields(policy: Any) -> dict[str, Any]:
+    import dataclasses
+
+    return {f.name: getattr(policy, f.name) for f in dataclasses.fields(policy)}
+
+
 def keep_tied_head_in_root_fsdp_group(trainer: Any) -> None:
     """Make an FSDP2 run of a masked LM prepare its model with the tied head in the root group.
 

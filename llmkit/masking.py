@@ -71,8 +71,11 @@ class KeyedMasking(DataCollatorForLanguageModeling):
         inputs, labels = self.mask(ids, self.special[ids] | ~attention, index)
         # Where the labels are, as flat indices computed here on the CPU: the loss gathers the masked positions
         # with them, and the accelerator never has to report how many there are (no host sync per step).
-        return {"input_ids": torch.from_numpy(inputs), "attention_mask": torch.from_numpy(attention.astype(np.int64)),
-                "labels": torch.from_numpy(labels), "masked_index": torch.from_numpy(masked_index(labels))}
+        batch = {"input_ids": torch.from_numpy(inputs), "labels": torch.from_numpy(labels),
+                 "masked_index": torch.from_numpy(masked_index(labels))}
+        if not attention.all():  # full packed blocks carry no mask: the model would check one on the device per step
+            batch["attention_mask"] = torch.from_numpy(attention.astype(np.int64))
+        return batch
 
     def mask(self, ids: np.ndarray, special: np.ndarray, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(inputs, labels) for token ids [batch, length]; `special` marks positions never masked."""

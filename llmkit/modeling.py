@@ -220,20 +220,74 @@ def max_positions(config: Any) -> int | None:
 # ---------------------------------------------------------------- attention
 
 
-def resolve_attention(requested: str, device_type: str, arch: str | None = None) -> str:
-    """`auto`: eager attention for CPU training, where it beats SDPA's CPU kernels for BERT-sized heads and
-    short sequences (benchmarks/pretrain.py, variant llmkit-sdpa); on a CUDA GPU, FlashAttention-2 for ModernBERT
-    when the flash-attn package is installed (it then also unpads: no compute on padding), else SDPA.
+def resolve_attention(requested: str, device_type: str, model_type: str | None = None) -> tuple[str, str]:
+    """(implementation, why): the one place where a run's attention kernel is chosen, for a model built from
+    scratch and for a checkpoint alike (`model_type`: the family, e.g. from its config.json).
+
+    `auto`: eager for CPU training, where it beats SDPA's CPU kernels for BERT-sized heads and short sequences
+    (benchmarks/pretrain.py, variant llmkit-sdpa). On a CUDA GPU: FlashAttention-2 when transformers finds a
+    usable flash-attn (`is_flash_attn_2_available`: installed, a supported version, CUDA) and the family supports
+    it; else, for ModernBERT, flex_attention (its sliding-window layers get a block mask, where SDPA would
+    materialise an S x S mask per local layer); else SDPA; eager for a family that has none of these.
     Other values as given."""
     if requested != "auto":
-        return requested
+        return requested, "model.attn_implementation"
     if device_type == "cpu":
-        return "eager"
-    import importlib.util
+        return "eager", "fastest for training on a CPU"
+    supports = attention_support(model_type)
+    if device_type == "cuda":
+        from transformers.utils import is_flash_attn_2_available
 
-    if device_type == "cuda" and arch == "modernbert" and importlib.util.find_spec("flash_attn") is not None:
-        return "flash_attention_2"
-    return "sdpa"
+        if supports.get("flash") and is_flash_attn_2_available():
+            return "flash_attention_2", "flash-attn is installed and usable"
+        if model_type == "modernbert" and supports.get("flex"):
+            return "flex_attention", "no usable flash-attn; block masks for the sliding-window layers (no S x S mask)"
+    if supports.get("sdpa", True):
+        return "sdpa", "PyTorch's fused attention" + (" (no usable flash-attn)" if device_type == "cuda" else "")
+    return "eager", f"{model_type} has no fused attention in transformers"
+
+
+def attention_support(model_type: str | None) -> dict[str, bool]:
+    """Which attention implementations transformers' masked-LM class of `model_type` supports (its flags)."""
+    if not model_type:
+        return {}
+    import transformers
+    from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+    model_class = getattr(transformers, MODEL_FOR_MASKED_LM_MAPPING_NAMES.get(model_type, ""), None)
+    if model_class is None:
+        return {}
+    return {"flash": bool(getattr(model_class, "_supports_flash_attn", False)),
+            "flex": bool(getattr(model_class, "_supports_flex_attn", False)),
+            "sdpa": bool(getattr(model_class, "_supports_sdpa", False))}
+
+
+def model_type(cfg: Any) -> str:
+    """The family a run trains: the checkpoint's (its config.json) or the one built from scratch (--arch)."""
+    if not cfg.model.name:
+        return cfg.model.arch
+    return read_config(cfg.model.name, cfg.model.trust_remote_code).model_type
+
+
+def fsdp_units(model: Any) -> list[str]:
+    """The classes FSDP wraps one unit each: those of the model's `_no_split_modules` that repeat once per layer
+    (the encoder layers; the embeddings stay with the tied head in the root unit), or, for a family that names
+    none, the class of its layer list's items."""
+    import torch
+
+    layers = getattr(model.config, "num_hidden_layers", None) or getattr(model.config, "n_layers", None)
+    counts: dict[str, int] = {}
+    for module in model.modules():
+        counts[type(module).__name__] = counts.get(type(module).__name__, 0) + 1
+    named = [name for name in getattr(model, "_no_split_modules", None) or [] if counts.get(name) == layers]
+    if named:
+        return named
+    lists = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList) and len(m) == layers and
+             len({type(x) for x in m}) == 1]
+    if not lists:
+        raise ModelError(f"{type(model).__name__} names no layer class in _no_split_modules and has no list of "
+                         f"{layers} layers: set fsdp_transformer_layer_cls_to_wrap in the Accelerate config.")
+    return [type(lists[0][0]).__name__]
 
 
 def describe(model: Any) -> dict[str, Any]:

@@ -43,18 +43,19 @@ def run(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> dict[s
     precision, why = devices.precision(cfg.precision)
     args = training.training_arguments(cfg, run_dir.checkpoints, precision,
                                        remove_unused_columns=False)  # keep "index": it keys the masks
-    attention = modeling.resolve_attention(cfg.model.attn_implementation, args.device.type,
-                                           None if cfg.model.name else cfg.model.arch)
-    log(f"precision: {precision} ({why}); attention: {attention}")
+    attention, reason = modeling.resolve_attention(cfg.model.attn_implementation, args.device.type,
+                                                   modeling.model_type(cfg))
+    log(f"precision: {precision} ({why}); attention: {attention} ({reason})")
 
     # 3. tokenizer and data: tokenized once into memory-mapped shards, every rank taking a share
     import transformers
 
     transformers.set_seed(cfg.seed)
-    with training.data_stage(args) as barrier:
-        ranks = dict(rank=args.process_index, world=args.world_size, barrier=barrier)
-        tokenizer = tokenizer_for(cfg, corpus, **ranks)
-        prepared = data.prepare_corpus(corpus, tokenizer, cfg.data, local_world=local_processes(), log=log, **ranks)
+    with training.data_stage(args, data.cache_root(cfg.data)) as stage:  # per machine if the cache is not shared
+        tokenizer = tokenizer_for(cfg, corpus, **stage.ranks)
+        prepared = data.prepare_corpus(corpus, tokenizer, cfg.data, local_world=local_processes(), log=log,
+                                       **stage.ranks)
+        stage.agree(prepared.manifest)
     train_blocks, eval_blocks = data.open_blocks(prepared, cfg.data, tokenizer)
     log(f"data: {corpus.description}: {data.describe(prepared.manifest)}")
     log(f"features: {len(train_blocks):,} training blocks ({train_blocks.num_tokens:,} tokens), "

@@ -37,6 +37,8 @@ def training_arguments(cfg: Any, output_dir: Path, precision: str, **overrides: 
     # Masked LMs and classifiers use every parameter each step: spare DDP its per-step search for unused ones.
     values.setdefault("ddp_find_unused_parameters", False)
     values.setdefault("dataloader_num_workers", loader_workers())
+    if has_accelerator():  # pinned batches (the Trainer's default) copied to the GPU without waiting for each copy
+        values.setdefault("accelerator_config", {"non_blocking": True})
     if precision == "fp32" and torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 8:
         values.setdefault("tf32", True)  # fp32 on Ampere/Hopper: TF32 matmuls, several times faster
     # llmkit's --precision decides; an Accelerate config's mixed_precision would otherwise silently turn an fp32
@@ -79,25 +81,32 @@ def loader_workers() -> int:
 
 
 @contextlib.contextmanager
-def data_stage(args: TrainingArguments):
-    """A barrier for the data stage of a launched run, on a gloo group of its own with a long timeout.
+def data_stage(args: TrainingArguments, cache: Path | None = None):
+    """The ranks of the data stage of a launched run (`distributed.DataRanks`), on a gloo group of its own with a
+    long timeout.
 
     Ranks wait there for each other's share of tokenization (or for the main process to train a tokenizer);
-    the training collectives keep `ddp_timeout` (30 minutes by default), so a rank that hangs mid-training
-    does not hold every GPU for hours. The group is destroyed when the data stage ends. A no-op in a single
-    process.
+    the training collectives keep `ddp_timeout`, and a machine lost mid-training is noticed far sooner
+    (`distributed.watch_machines`). With a `cache` that some machine cannot see, each machine prepares its own copy. The
+    group is destroyed when the data stage ends. A no-op in a single process.
     """
+    from llmkit import distributed
+
     if args.world_size <= 1:
-        yield lambda: None
+        yield distributed.DataRanks()
         return
     from datetime import timedelta
 
     import torch.distributed as dist
 
     group = dist.new_group(backend="gloo", timeout=timedelta(seconds=DATA_TIMEOUT_S))
+    stage = None
     try:
-        yield lambda: dist.barrier(group=group)
+        stage = distributed.data_ranks(args, group, cache)
+        yield stage
     finally:
+        if stage is not None:
+            stage.close()
         dist.destroy_process_group(group)
 
 
@@ -129,6 +138,7 @@ class SeededTrainer(Trainer):
         self.cheap_dropout = cheap_dropout and self.args.device.type == "cpu" and not self.args.torch_compile
         self.group_window, self.shuffle_batches = group_window, shuffle_batches
         self.add_callback(ExactResume())
+        hf_compat.fsdp_per_layer_units(self)
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         with CheapDropout() if self.cheap_dropout else contextlib.nullcontext():
@@ -557,9 +567,12 @@ def train(trainer: Trainer, guard: StopCallback, run_dir: Any, config_yaml: str)
 
     if trainer.is_world_process_zero() and not run_dir.resume_from:
         outputs.record_start(run_dir, config_yaml)
+    from llmkit.distributed import watch_machines
+
     guard.install()
     try:
-        result = trainer.train(resume_from_checkpoint=run_dir.resume_from)
+        with watch_machines(trainer.args):  # a machine lost mid-run: named, and this process stops in bounded time
+            result = trainer.train(resume_from_checkpoint=run_dir.resume_from)
     finally:
         guard.uninstall()
     if guard.nonfinite_step is not None:

@@ -15,6 +15,7 @@ import time
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -56,7 +57,7 @@ def test_pretrain_runs_on_the_gpu_in_bf16(gpu_run):
     out, result = gpu_run
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["precision"] == devices_auto() and metrics["processes"] == 1
-    assert "attention: sdpa" in result.stderr  # eager is only the CPU choice
+    assert "attention: sdpa (" in result.stderr or "attention: flash_attention_2 (" in result.stderr  # not eager
     assert metrics["eval_loss"] < 6 and metrics["steps"] == 20
 
 
@@ -102,14 +103,18 @@ def test_fp16_training_with_the_grad_scaler(tmp_path, toy_corpus_file):
 
 
 def test_fill_mask_and_predict_on_cuda_match_cpu_fp32(gpu_run, tmp_path, toy_corpus_file):
+    """Same precision on both devices (fp32: kernels differ in summation order only), compared by scores with a
+    tolerance, never by argmax across precisions (a bf16 run may swap two close candidates: flaky by design)."""
     from llmkit import fillmask, inference
 
     out, _ = gpu_run
     texts = ["alpha beta [MASK] delta", "gamma [MASK] epsilon zeta"]
     cpu = fillmask.fill_mask(out, texts, top_k=3, device="cpu", precision="fp32")
-    gpu = fillmask.fill_mask(out, texts, top_k=3, device="cuda")
-    assert [r["masks"][0]["candidates"][0]["token"] for r in cpu] == \
-        [r["masks"][0]["candidates"][0]["token"] for r in gpu]
+    gpu = fillmask.fill_mask(out, texts, top_k=3, device="cuda", precision="fp32")
+    for a, b in zip(cpu, gpu):
+        scores = {c["token"]: c["score"] for c in b["masks"][0]["candidates"]}
+        top = a["masks"][0]["candidates"][0]
+        assert top["score"] == pytest.approx(scores.get(top["token"], -1.0), abs=1e-3), (a, b)
     train = tmp_path / "train.csv"
     train.write_text("text,label\n" + "".join(f"{t},{'a' if i % 2 else 'b'}\n"
                                               for i, t in enumerate(toy_corpus(64))), encoding="utf-8")
@@ -117,8 +122,8 @@ def test_fill_mask_and_predict_on_cuda_match_cpu_fp32(gpu_run, tmp_path, toy_cor
     result = run_cli("finetune", "--data", train, "--model", out, "-o", clf, "--epochs", "1")
     assert result.returncode == 0, result.stderr[-3000:]
     on_cpu = inference.classify(inference.load(clf, "text-classification", "cpu", "fp32"), texts)
-    on_gpu = inference.classify(inference.load(clf, "text-classification", "cuda"), texts)
-    assert (on_cpu.argmax(-1) == on_gpu.argmax(-1)).all()
+    on_gpu = inference.classify(inference.load(clf, "text-classification", "cuda", "fp32"), texts)
+    assert abs(np.asarray(on_cpu) - np.asarray(on_gpu)).max() < 1e-3
 
 
 def test_half_precision_checkpoints_round_trip_on_cuda(gpu_run, tmp_path):

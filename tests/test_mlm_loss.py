@@ -310,8 +310,8 @@ def test_evaluation_is_token_mean_with_exact_accuracy_and_fixed_masks(tmp_path, 
     model.eval()
     with torch.no_grad():
         for batch in first_batches:
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-            where = batch["labels"].ne(-100)
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask")).logits  # none:
+            where = batch["labels"].ne(-100)  # full packed blocks
             token_loss = F.cross_entropy(logits[where], batch["labels"][where], reduction="none")
             loss_sum += token_loss.sum().item()
             correct += int(logits[where].argmax(-1).eq(batch["labels"][where]).sum())
