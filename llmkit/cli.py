@@ -225,7 +225,9 @@ def pretrain(
 
   llmkit finetune --data pairs.tsv --model runs/mlm --text-column s1 --text-pair-column s2
 
-  llmkit finetune glue-sst2 --model bert-base-uncased        # a shipped recipe""")
+  llmkit finetune glue-sst2 --model bert-base-uncased        # a shipped recipe
+
+  llmkit finetune --data train.conll --eval-data dev.conll --model bert-base-cased -o runs/ner   # entities""")
 def finetune(
     recipe: Recipe = None,
     data: Annotated[Optional[list[str]], typer.Option("--data", "-d", help="Training data: CSV/TSV/JSONL/JSON/"
@@ -240,6 +242,9 @@ def finetune(
                                                             "sentence-pair tasks.", show_default=False)] = None,
     label_column: Annotated[Optional[str], typer.Option("--label-column", help="Column with the label (default: "
                                                         "auto-detected).", show_default=False)] = None,
+    task: Annotated[Optional[str], typer.Option("--task", help="text-classification or token-classification "
+                                                "(default: token-classification for .conll/.iob/.bio files and "
+                                                "list-of-words columns).", show_default=False)] = None,
     output_dir: OutputDir = None,
     max_steps: MaxSteps = None,
     epochs: Epochs = None,
@@ -260,7 +265,7 @@ def finetune(
         flags = {"data.train": data, "data.eval": eval_data, "model.name": model, "data.text_column": text_column,
                  "data.text_pair_column": text_pair_column, "data.label_column": label_column,
                  "output_dir": output_dir, "training.max_steps": max_steps, "training.num_train_epochs": epochs,
-                 "data.max_seq_length": max_seq_length, "precision": precision}
+                 "data.max_seq_length": max_seq_length, "precision": precision, "finetune.task": task}
         cfg = config.build("finetune", recipe, flags, set_)
         _launch(num_processes)  # after the config is valid: bad settings exit 2 before any launch
         metrics = recipe_module.run(cfg, resume=resume, overwrite=overwrite)
