@@ -368,7 +368,7 @@ def predict(
 
   llmkit fill-mask runs/mlm "Paris is the [MASK] of France."   # now on ONNX Runtime (--runtime auto)""")
 def export(
-    run: Annotated[str, typer.Argument(help="Run directory (masked LM or sequence classifier) to export.")],
+    run: Annotated[str, typer.Argument(help="Run directory (masked LM, sequence or token classifier) to export.")],
     quantize: Annotated[Optional[str], typer.Option("--quantize", help="int8: also write a dynamically quantized "
                                                     "model_quantized.onnx.", show_default=False)] = None,
     data: Annotated[Optional[str], typer.Option("--data", help="Probe texts for the checks, one per line (default: "

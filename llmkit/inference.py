@@ -218,6 +218,16 @@ def task_of(architectures: Sequence[str] | None) -> str:
     return "fill-mask"
 
 
+def model_task(name: str | Path, trust_remote_code: bool = False) -> str:
+    """The task of a checkpoint, from its config (read from the file for a local folder: no torch import)."""
+    from llmkit import modeling, ort
+
+    modeling.check_model_path(str(name))
+    local = (Path(name).expanduser() / "config.json").is_file()
+    config = ort.read_config(name) if local else modeling.read_config(str(name), trust_remote_code)
+    return task_of(config.architectures)
+
+
 def window(config: Any, tokenizer: Any) -> int:
     """The longest input the model takes: its position table, or the tokenizer's limit when smaller."""
     from llmkit import modeling
