@@ -37,6 +37,7 @@ def run(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> dict[s
     run_dir, finished = outputs.check_run_dir(cfg, resume, overwrite, finetune.RESUMABLE_CHANGES, log)
     if finished is not None:
         return finished
+    tagged.check_sources(cfg.data)
     modeling.check_model(cfg)
 
     # 2. data: tagged sentences, tags and scheme checked (all before any model is loaded or anything written)

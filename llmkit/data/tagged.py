@@ -78,9 +78,9 @@ def is_token_task(cfg: RunConfig) -> bool:
         source, group = str(files[0]), [files[0]]
         if suffixes(files[0])[0] not in (".jsonl", ".json", ".parquet"):
             return False
-    elif cfg.data.train:
+    elif cfg.data.train and not local:  # a `datasets` name
         source, group = cfg.data.train[0], None
-    else:
+    else:  # nothing readable here: the classification path says what is missing
         return False
     from llmkit.data.labeled import load_table
 
@@ -96,6 +96,14 @@ def is_local_source(source: str) -> bool:
 def _is_word_list(feature: Any) -> bool:
     inner = getattr(feature, "feature", None)
     return inner is not None and getattr(inner, "dtype", None) in ("string", "large_string")
+
+
+def check_sources(cfg_data: DataConfig) -> None:
+    """Local training and evaluation files exist, are readable and of a supported type (cheap, nothing imported)."""
+    for sources in (cfg_data.train, cfg_data.eval):
+        local = [s for s in sources if is_local_source(s)]
+        if local:
+            tagged_files(local)
 
 
 def tagged_files(sources: Sequence[str]) -> list[Path]:
