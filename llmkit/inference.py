@@ -11,7 +11,8 @@ One path for `llmkit fill-mask`, `llmkit predict`, fine-tuning's evaluation pred
   out-of-memory error comes early);
 - `tokenize` / `pad` / `decode` / `backend`: encodings and decodings straight through a fast tokenizer's Rust
   pipeline, and padded batches;
-- `classify` / `interpret`: classification logits in input order, and label names with scores;
+- `classify` / `interpret`: classification logits in input order, and label names with scores (token
+  classifiers: `llmkit.entities`, on the same loading, batching and runtimes);
 - `text_batches`: texts from arguments, a file or stdin, one per line, in bounded batches as they arrive.
 """
 
@@ -130,7 +131,8 @@ def choose_runtime(name: str | Path, requested: str = "auto", device: str | None
 def load(name: str | Path, task: str, device: str | None = None, precision: str = "auto",
          trust_remote_code: bool = False, tokenizer: Any = None, config: Any = None,
          runtime: str = "auto") -> Loaded:
-    """Load a checkpoint (a path, a run directory or a hub name) for `task`: fill-mask or text-classification.
+    """Load a checkpoint (a path, a run directory or a hub name) for `task`: fill-mask, text- or
+    token-classification.
     `runtime`: auto | torch | onnx | onnx-int8 (see `choose_runtime`)."""
     name = str(name)
     devices.check_precision(precision)

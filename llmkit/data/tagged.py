@@ -146,7 +146,6 @@ def tagged_data(cfg: RunConfig) -> tuple[Tagged, Tagged, list[str], str]:
         held = set(stratified_sample([0] * len(train), cfg.data.eval_fraction, cfg.seed))
         train, held_out = (train.select([i for i in range(len(train)) if i not in held]),
                            train.select(sorted(held)))
-        held_out = check_eval_tags(held_out, names, "drop")  # a rare tag may land only in the held-out part
     if cfg.data.max_eval_samples and len(held_out) > cfg.data.max_eval_samples:
         held_out = held_out.select(stratified_sample([0] * len(held_out), cfg.data.max_eval_samples / len(held_out),
                                                      cfg.seed))
