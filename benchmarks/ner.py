@@ -92,7 +92,7 @@ def tag_words(words: list[str]) -> list[str]:
 
 
 def tagged_paragraphs(count: int, seed: int) -> list[dict[str, list[str]]]:
-    """`count` stdlib docstring paragraphs of 8-60 words with entities, tagged, shuffled with `seed`."""
+    """`count` stdlib docstring paragraphs of 8-40 words with entities, tagged, shuffled with `seed`."""
     from llmkit import data
 
     stdlib = Path(sysconfig.get_paths()["stdlib"])

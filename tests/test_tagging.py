@@ -217,7 +217,8 @@ def test_long_sentences_become_overlapping_windows_and_every_word_is_read_once(t
 
     names = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
     rows = sentences(3, 5) + [(w * 6, t * 6) for w, t in sentences(2, 6)]  # two sentences of 24-70 words
-    words, tags = [w for w, _ in rows], [t for _, t in rows]
+    words = [[w if i % 2 else w + w[::-1] for i, w in enumerate(ws)] for ws, _ in rows]  # multi-piece words
+    tags = [t for _, t in rows]
     win = tagged.windows(tokenizer, words, tags, names, 16, 4)
     assert len(win.features) > len(rows) and max(len(f["input_ids"]) for f in win.features) <= 16
     assert sorted(set(win.sentence)) == list(range(len(rows)))
@@ -233,6 +234,9 @@ def test_long_sentences_become_overlapping_windows_and_every_word_is_read_once(t
     assert predicted == tags  # every word found, in order, across the windows
     starts = [sum(1 for j, _ in f) for f in win.firsts]
     assert sum(starts) > sum(len(w) for w in words)  # words in the overlaps are seen twice, read once
+    cut = [k for k, f in enumerate(win.features) if k and win.sentence[k - 1] == win.sentence[k]
+           and (not win.firsts[k] or win.firsts[k][0][0] > 1)]
+    assert cut  # some window starts inside a word: its first piece there is not taken for the word's start
 
 
 # ---------------------------------------------------------------- metrics
