@@ -1,8 +1,8 @@
 """Benchmark: `llmkit finetune --task token-classification` versus plain Hugging Face (the `run_ner.py` way).
 
     python benchmarks/ner.py --quick      # 1 seed, 200 training sentences
-    python benchmarks/ner.py --train 300 --test 100 --epochs 4 --seeds 3   # the README's row (~25 min on 2 idle
-                                                                           # cores; it took 47 min on a loaded VM)
+    python benchmarks/ner.py --train 300 --test 100 --epochs 4 --seeds 3   # the README's row (47 min on the
+                                                                           # loaded 2-core VM it was measured on)
 
 Task: entity tagging of real English text available on every machine with no network: docstring paragraphs of
 the Python standard library (read with `ast`, never imported), tokenized into words and tagged by rule (BIO):

@@ -117,6 +117,11 @@ def tagger(cfg: RunConfig, names: list[str], attention: str) -> tuple[Any, Any]:
     transformers.set_seed(cfg.seed)
     name = cfg.model.name
     tokenizer = modeling.load_tokenizer(cfg.model.tokenizer or name, cfg.model.trust_remote_code)
+    if getattr(tokenizer, "add_prefix_space", None) is False:  # byte-level BPE (RoBERTa, ...): words given split
+        from transformers import AutoTokenizer  # need it, as in run_ner.py; saved with the model
+
+        tokenizer = AutoTokenizer.from_pretrained(cfg.model.tokenizer or name, add_prefix_space=True,
+                                                  trust_remote_code=cfg.model.trust_remote_code)
     tokenizer.model_max_length = cfg.data.max_seq_length  # saved: the pipeline and inference use the same window
     config = modeling.read_config(name, cfg.model.trust_remote_code)
     source = ", ".join(config.architectures or ["no architecture"])
