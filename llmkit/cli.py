@@ -261,7 +261,9 @@ def pretrain(
 
   llmkit finetune --data pairs.tsv --model runs/mlm --text-column s1 --text-pair-column s2
 
-  llmkit finetune glue-sst2 --model bert-base-uncased        # a shipped recipe""")
+  llmkit finetune glue-sst2 --model bert-base-uncased        # a shipped recipe
+
+  llmkit finetune --data train.conll --eval-data dev.conll --model bert-base-cased -o runs/ner   # entities""")
 def finetune(
     recipe: Recipe = None,
     data: Annotated[Optional[list[str]], typer.Option("--data", "-d", help="Training data: CSV/TSV/JSONL/JSON/"
@@ -276,6 +278,9 @@ def finetune(
                                                             "sentence-pair tasks.", show_default=False)] = None,
     label_column: Annotated[Optional[str], typer.Option("--label-column", help="Column with the label (default: "
                                                         "auto-detected).", show_default=False)] = None,
+    task: Annotated[Optional[str], typer.Option("--task", help="text-classification or token-classification "
+                                                "(default: token-classification for .conll/.iob/.bio files and "
+                                                "list-of-words columns).", show_default=False)] = None,
     output_dir: OutputDir = None,
     max_steps: MaxSteps = None,
     epochs: Epochs = None,
@@ -300,7 +305,7 @@ def finetune(
         flags = {"data.train": data, "data.eval": eval_data, "model.name": model, "data.text_column": text_column,
                  "data.text_pair_column": text_pair_column, "data.label_column": label_column,
                  "output_dir": output_dir, "training.max_steps": max_steps, "training.num_train_epochs": epochs,
-                 "data.max_seq_length": max_seq_length, "precision": precision}
+                 "data.max_seq_length": max_seq_length, "precision": precision, "finetune.task": task}
         cfg = config.build("finetune", recipe, flags, set_)
         _launch(num_processes, _machines(num_machines, machine_rank, main_process_ip, main_process_port))  # after
         # the config is valid: bad settings exit 2 before any launch
@@ -404,7 +409,7 @@ def predict(
 
   llmkit fill-mask runs/mlm "Paris is the [MASK] of France."   # now on ONNX Runtime (--runtime auto)""")
 def export(
-    run: Annotated[str, typer.Argument(help="Run directory (masked LM or sequence classifier) to export.")],
+    run: Annotated[str, typer.Argument(help="Run directory (masked LM, sequence or token classifier) to export.")],
     quantize: Annotated[Optional[str], typer.Option("--quantize", help="int8: also write a dynamically quantized "
                                                     "model_quantized.onnx.", show_default=False)] = None,
     data: Annotated[Optional[str], typer.Option("--data", help="Probe texts for the checks, one per line (default: "

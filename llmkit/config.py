@@ -137,11 +137,17 @@ class FinetuneOptions:
     problem_type: Literal["auto", "single_label", "multi_label", "regression"] = "auto"
     unseen_eval_labels: Literal["error", "drop"] = "error"  # eval labels absent from training
     early_stopping_patience: int | None = None  # evaluations without improvement before stopping
-    metric: str | None = None  # metric that picks the best model; None: f1_macro (regression: mse)
+    metric: str | None = None  # metric that picks the best model; None: f1_macro (regression: mse; tokens: f1)
     # training.train_sampling_strategy=group_by_length: batches of similar length from sorted windows of this
     # many batches, the batches in random order (shuffle_batches=false: sorted runs, as the Trainer's own sampler)
     group_window: int = 16
     shuffle_batches: bool = True
+    # token-classification: tags per word (auto: for .conll/.iob/.bio files and list-of-words columns)
+    task: Literal["auto", "text-classification", "token-classification"] = "auto"
+    label_all_pieces: bool = False  # tokens: every piece of a word gets its tag (default: the first; run_ner's)
+    # tokens: overlap of the windows a sentence longer than data.max_seq_length is cut into; None: a quarter of
+    # data.max_seq_length, at most 32
+    stride: int | None = None
 
     def problems(self) -> list[str]:
         out = []
@@ -149,6 +155,8 @@ class FinetuneOptions:
             out.append(f"finetune.early_stopping_patience must be >= 1, got {self.early_stopping_patience}")
         if self.group_window < 1:
             out.append(f"finetune.group_window must be >= 1 (batches per length-sorted window), got {self.group_window}")
+        if self.stride is not None and self.stride < 0:
+            out.append(f"finetune.stride must be >= 0, got {self.stride}")
         return out
 
 

@@ -5,15 +5,17 @@
 
 The layout is optimum's and transformers.js's: RUN/onnx/model.onnx (weights inside, or in model.onnx.data past
 2 GB) beside the run's config.json and tokenizer files, inputs input_ids / attention_mask (/ token_type_ids) with
-dynamic batch and sequence axes, output `logits`; `ORTModelForMaskedLM.from_pretrained(RUN, subfolder="onnx")`
-and `ORTModelForSequenceClassification` load it. The graph comes from transformers' own model class through
+dynamic batch and sequence axes, output `logits`; `ORTModelForMaskedLM.from_pretrained(RUN, subfolder="onnx")`,
+`ORTModelForSequenceClassification` and `ORTModelForTokenClassification` load it. The graph comes from
+transformers' own model class through
 `torch.export` and `torch.onnx.export` (the dynamo exporter), nothing written by hand.
 
 Before the export replaces RUN/onnx it must give transformers' logits on probe batches (texts of several lengths
 padded together, and one long text): the largest absolute difference is printed and recorded in
 onnx/llmkit-export.json, with the sha256 of the weights it was made from (`ort.status` compares it, so `--runtime
 auto` never uses a stale export). int8 (ONNX Runtime's dynamic quantization) is measured against fp32 on the same
-probes: top-1 and top-5 agreement (fill-mask) or label agreement (classifiers), and masked-token accuracy.
+probes: top-1 and top-5 agreement (fill-mask), label agreement (classifiers) or tag agreement per token (token
+classifiers), and masked-token accuracy.
 """
 
 from __future__ import annotations
@@ -91,12 +93,11 @@ def check_run(folder: Path) -> str:
             raise ModelError(f"'{folder}' has no {needed}; llmkit export needs a checkpoint saved by transformers "
                              f"(save_pretrained with safetensors and a fast tokenizer), as llmkit runs are.")
     architectures = ort.read_config(folder).architectures or []
-    if any(a.endswith("ForSequenceClassification") for a in architectures):
-        return "text-classification"
-    if any(a.endswith("ForMaskedLM") for a in architectures):
-        return "fill-mask"
+    if any(a.endswith(("ForSequenceClassification", "ForTokenClassification", "ForMaskedLM"))
+           for a in architectures):
+        return inference.task_of(architectures)
     raise ModelError(f"'{folder}' is a {', '.join(architectures) or 'model without architectures'}; llmkit export "
-                     f"takes masked LMs and sequence classifiers.")
+                     f"takes masked LMs, sequence and token classifiers.")
 
 
 def probe_texts(data: str | None) -> list[str]:
@@ -225,8 +226,8 @@ def verify(loaded: inference.Loaded, batches: list[dict[str, np.ndarray]], expec
             ours = model(model_inputs(batch))
         if ours.shape != theirs.shape:
             return float("inf")
-        attended = batch["attention_mask"].astype(bool) if loaded.task == "fill-mask" and \
-            not model.takes_positions else slice(None)
+        per_token = loaded.task == "token-classification" or loaded.task == "fill-mask" and not model.takes_positions
+        attended = batch["attention_mask"].astype(bool) if per_token else slice(None)
         worst = max(worst, float(np.abs(ours[attended] - theirs[attended]).max()))
     return worst
 
@@ -249,6 +250,11 @@ def quantize_int8(loaded: inference.Loaded, batches: list[dict[str, np.ndarray]]
                   "top5_agreement": float((top5 == a.argmax(-1)[:, None]).any(-1).mean()),
                   "masked_accuracy_fp32": float((a.argmax(-1) == gold).mean()),
                   "masked_accuracy_int8": float((q.argmax(-1) == gold).mean())}
+    elif loaded.task == "token-classification":  # attended tokens only
+        a, q = (np.concatenate(x) for x in zip(*[(a[b["attention_mask"] == 1], q[b["attention_mask"] == 1])
+                                                 for a, q, b in pairs]))
+        result = {"tokens": int(len(a)), "tag_agreement": float((a.argmax(-1) == q.argmax(-1)).mean()),
+                  "max_abs_diff": float(np.abs(a - q).max())}
     else:
         a, q = (np.concatenate(x) for x in zip(*[(a, q) for a, q, _ in pairs]))
         result = {"texts": int(len(a)), "label_agreement": float((a.argmax(-1) == q.argmax(-1)).mean()),

@@ -1,4 +1,5 @@
-"""`llmkit finetune`: fine-tune a sequence classifier (single-label, multi-label) or regressor on labeled texts."""
+"""`llmkit finetune`: fine-tune a sequence classifier (single-label, multi-label) or regressor on labeled texts
+(token classification: `llmkit.tagging`)."""
 
 from __future__ import annotations
 
@@ -36,6 +37,12 @@ def run(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> dict[s
     """Fine-tune per `cfg`; returns the final metrics. Writes the run directory described in DESIGN.md."""
     # 1. validate everything cheap before loading anything
     check_settings(cfg)
+    from llmkit.data import tagged
+
+    if tagged.is_token_task(cfg):  # tags per word: llmkit.tagging, on the same shared steps
+        from llmkit import tagging
+
+        return tagging.run(cfg, resume, overwrite)
     run_dir, finished = outputs.check_run_dir(cfg, resume, overwrite, RESUMABLE_CHANGES, log)
     if finished is not None:
         return finished

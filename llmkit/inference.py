@@ -11,7 +11,8 @@ One path for `llmkit fill-mask`, `llmkit predict`, fine-tuning's evaluation pred
   out-of-memory error comes early);
 - `tokenize` / `pad` / `decode` / `backend`: encodings and decodings straight through a fast tokenizer's Rust
   pipeline, and padded batches;
-- `classify` / `interpret`: classification logits in input order, and label names with scores;
+- `classify` / `interpret`: classification logits in input order, and label names with scores (token
+  classifiers: `llmkit.entities`, on the same loading, batching and runtimes);
 - `text_batches`: texts from arguments, a file or stdin, one per line, in bounded batches as they arrive.
 """
 
@@ -32,7 +33,7 @@ import numpy as np
 from llmkit import devices
 from llmkit.errors import ConfigError, DataError, ModelError, did_you_mean
 
-TASKS = ("fill-mask", "text-classification")
+TASKS = ("fill-mask", "text-classification", "token-classification")
 PROBLEM_TYPES = {"single_label_classification": "single_label", "multi_label_classification": "multi_label",
                  "regression": "regression"}
 
@@ -130,7 +131,8 @@ def choose_runtime(name: str | Path, requested: str = "auto", device: str | None
 def load(name: str | Path, task: str, device: str | None = None, precision: str = "auto",
          trust_remote_code: bool = False, tokenizer: Any = None, config: Any = None,
          runtime: str = "auto") -> Loaded:
-    """Load a checkpoint (a path, a run directory or a hub name) for `task`: fill-mask or text-classification.
+    """Load a checkpoint (a path, a run directory or a hub name) for `task`: fill-mask, text- or
+    token-classification.
     `runtime`: auto | torch | onnx | onnx-int8 (see `choose_runtime`)."""
     name = str(name)
     devices.check_precision(precision)
@@ -139,6 +141,8 @@ def load(name: str | Path, task: str, device: str | None = None, precision: str 
         tokenizer, config = load_tokenizer_and_config(name, task, trust_remote_code, tokenizer, chosen_runtime)
     if task == "text-classification":
         check_classifier(name, config)
+    if task == "token-classification":
+        check_tagger(name, config)
     if chosen_runtime != "torch":
         from llmkit import ort
 
@@ -154,8 +158,9 @@ def load(name: str | Path, task: str, device: str | None = None, precision: str 
     if task == "fill-mask":
         model = modeling.load_trained_mlm(name, config, trust_remote_code)
     else:
-        model, _, _ = modeling.load_pretrained("AutoModelForSequenceClassification", name, config, "sdpa",
-                                               trust_remote_code)
+        auto = "AutoModelForTokenClassification" if task == "token-classification" else \
+            "AutoModelForSequenceClassification"
+        model, _, _ = modeling.load_pretrained(auto, name, config, "sdpa", trust_remote_code)
     if runtime == "auto" and (Path(name).expanduser() / ort.EXPORT_DIR).is_dir():  # an unused export: say why
         why += f"; not ONNX Runtime: {because}"
     return Loaded(name, task, model.to(target).eval(), tokenizer, target, chosen, why, window(config, tokenizer),
@@ -197,6 +202,32 @@ def check_classifier(name: str, config: Any) -> None:
     if architectures and not any(a.endswith("ForSequenceClassification") for a in architectures):
         raise ModelError(f"'{name}' is a {', '.join(architectures)}, not a sequence classifier. Fine-tune it first: "
                          f"llmkit finetune --model {name} --data TRAIN.")
+
+
+def check_tagger(name: str, config: Any) -> None:
+    architectures = config.architectures or []
+    if architectures and not any(a.endswith("ForTokenClassification") for a in architectures):
+        raise ModelError(f"'{name}' is a {', '.join(architectures)}, not a token classifier. Fine-tune it first: "
+                         f"llmkit finetune --task token-classification --model {name} --data TRAIN.conll.")
+
+
+def task_of(architectures: Sequence[str] | None) -> str:
+    """The inference task of a checkpoint's architectures: text-, token-classification or fill-mask."""
+    for suffix, task in (("ForSequenceClassification", "text-classification"),
+                         ("ForTokenClassification", "token-classification")):
+        if any(a.endswith(suffix) for a in architectures or ()):
+            return task
+    return "fill-mask"
+
+
+def model_task(name: str | Path, trust_remote_code: bool = False) -> str:
+    """The task of a checkpoint, from its config (read from the file for a local folder: no torch import)."""
+    from llmkit import modeling, ort
+
+    modeling.check_model_path(str(name))
+    local = (Path(name).expanduser() / "config.json").is_file()
+    config = ort.read_config(name) if local else modeling.read_config(str(name), trust_remote_code)
+    return task_of(config.architectures)
 
 
 def window(config: Any, tokenizer: Any) -> int:
@@ -265,14 +296,15 @@ def tokenize(tokenizer: Any, texts: Sequence[str], pairs: Sequence[str] | None,
     return [e.ids for e in encodings], [e.type_ids for e in encodings] if with_types else None
 
 
-_BACKENDS: "weakref.WeakKeyDictionary[Any, dict[int | None, Any]]" = weakref.WeakKeyDictionary()
+_BACKENDS: "weakref.WeakKeyDictionary[Any, dict[tuple[int | None, int], Any]]" = weakref.WeakKeyDictionary()
 
 
-def backend(tokenizer: Any, truncate_to: int | None = None) -> Any:
+def backend(tokenizer: Any, truncate_to: int | None = None, stride: int = 0) -> Any:
     """A private copy of a fast tokenizer's Rust pipeline, without padding, truncating to `truncate_to` tokens
-    (longest_first, on the tokenizer's truncation side) or not at all; made once per tokenizer and length."""
+    (longest_first, on the tokenizer's truncation side; with `stride`, the rest in overlapping `overflowing`
+    encodings) or not at all; made once per tokenizer, length and stride."""
     copies = _BACKENDS.setdefault(tokenizer, {})
-    if truncate_to not in copies:
+    if (truncate_to, stride) not in copies:
         from tokenizers import Tokenizer
 
         copy = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
@@ -280,10 +312,10 @@ def backend(tokenizer: Any, truncate_to: int | None = None) -> Any:
         if truncate_to is None:
             copy.no_truncation()
         else:
-            copy.enable_truncation(truncate_to, stride=0, strategy="longest_first",
+            copy.enable_truncation(truncate_to, stride=stride, strategy="longest_first",
                                    direction=getattr(tokenizer, "truncation_side", "right"))
-        copies[truncate_to] = copy
-    return copies[truncate_to]
+        copies[truncate_to, stride] = copy
+    return copies[truncate_to, stride]
 
 
 def decode(tokenizer: Any, sequences: list[list[int]], skip_special_tokens: bool = False) -> list[str]:

@@ -8,7 +8,9 @@ returns the `evaluate.EvaluationModule`.
 - single_label: accuracy, f1/precision/recall (macro, and micro f1), binary: roc_auc; with `report=True` also
   a per-class report and the confusion matrix;
 - multi_label (0/1 vectors, a label is predicted when its logit is > 0): subset accuracy, f1/precision/recall;
-- regression: mse, pearson, spearman.
+- regression: mse, pearson, spearman;
+- tokens (token classification, `entities`): entity precision/recall/f1 (exact spans, seqeval) and token accuracy;
+  with `report=True` a per-entity-type table.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ NAMES = {
     "single_label": ("accuracy", "f1_macro", "f1_micro", "precision_macro", "recall_macro"),
     "multi_label": ("accuracy", "f1_macro", "f1_micro", "precision_macro", "recall_macro"),
     "regression": ("mse", "pearson", "spearman"),
+    "tokens": ("entity_f1", "entity_precision", "entity_recall", "token_accuracy"),
 }
 LOWER_IS_BETTER = {"mse", "loss"}
 
@@ -89,6 +92,13 @@ def multilabel(references: np.ndarray, predictions: np.ndarray, label_names: Seq
     refs = np.asarray(references).astype(np.int64)
     return load("classification", "multilabel").compute(references=refs, predictions=np.asarray(predictions).astype(
         np.int64), num_labels=refs.shape[1], label_names=label_names, report=report)
+
+
+def entities(references: Sequence[Sequence[str]], predictions: Sequence[Sequence[str]],
+             report: bool = False) -> dict[str, Any]:
+    """Entity-level metrics of tag sequences (one list of tag names per sentence)."""
+    return load("entities").compute(references=[list(r) for r in references],
+                                    predictions=[list(p) for p in predictions], report=report)
 
 
 def regression(references: Sequence[float], predictions: Sequence[float]) -> dict[str, Any]:

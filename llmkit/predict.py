@@ -1,4 +1,6 @@
-"""`llmkit predict`: classify texts with a fine-tuned model; label names and scores, in input order.
+"""`llmkit predict`: classify texts with a fine-tuned model; label names and scores, in input order. A token
+classifier gives each text's entities instead, as `pipeline("token-classification", aggregation_strategy="simple")`
+gives them (`llmkit.entities`).
 
 Inputs are read by `data.labeled.read_inputs` (arguments, any table format fine-tuning reads, plain-text lines,
 stdin); the model runs through `inference` (loaded once, batched by length; transformers' model under
@@ -32,8 +34,14 @@ def main(model: str, texts: Sequence[str], input_file: str | None = None, output
         raise DataError(f"--batch-size must be >= 1, got {batch_size}.")
 
     # 2. model, loaded once
-    classifier = inference.load(model, "text-classification", device, runtime=runtime)
+    task = inference.model_task(model)
+    if task == "token-classification" and pairs is not None:
+        raise DataError("A token classifier tags one text at a time; drop --text-pair-column.")
+    classifier = inference.load(model, "text-classification" if task == "fill-mask" else task, device,
+                                runtime=runtime)
     log(f"predict: {classifier.describe()}")
+    if task == "token-classification":
+        return tag(classifier, rows, output, as_json, batch_size)
 
     # 3. predictions in input order
     logits = inference.classify(classifier, rows, pairs, batch_size)
@@ -50,6 +58,56 @@ def main(model: str, texts: Sequence[str], input_file: str | None = None, output
     else:
         print(table(records))
     return records
+
+
+def tag(tagger: inference.Loaded, rows: list[str], output: str | None, as_json: bool,
+        batch_size: int) -> list[dict[str, Any]]:
+    """Each text's entities: printed as a table or JSON Lines ({"text", "entities"}), or written to a file (JSON
+    Lines as printed; CSV/TSV one row per entity)."""
+    from llmkit import entities
+
+    records = [{"text": text, "entities": found} for text, found in zip(rows, entities.find(tagger, rows, batch_size))]
+    if output is not None:
+        path = Path(output).expanduser()
+        if path.suffix.lower() == ".jsonl":
+            path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+        else:
+            write_entity_table(path, records)
+        log(f"wrote the entities of {len(records):,} texts to {output}")
+    elif as_json:
+        for record in records:
+            print(json.dumps(record, ensure_ascii=False))
+    else:
+        print(entity_table(records))
+    return records
+
+
+ENTITY_COLUMNS = ("text", "entity_group", "score", "word", "start", "end")
+
+
+def write_entity_table(path: Path, records: Sequence[dict[str, Any]]) -> None:
+    import csv
+
+    with path.open("w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f, delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
+        writer.writerow(ENTITY_COLUMNS)
+        for r in records:
+            for e in r["entities"]:
+                writer.writerow([r["text"], e["entity_group"], f"{e['score']:.4f}", e["word"], e["start"], e["end"]])
+
+
+def entity_table(records: Sequence[dict[str, Any]], width: int = 80) -> str:
+    """Per text: the text, then one line per entity (type, score, characters, the words)."""
+    lines = []
+    for r in records:
+        text = " ".join(r["text"].split())
+        lines.append(text if len(text) <= width else text[:width - 1] + "…")
+        kind = max([6] + [len(e["entity_group"]) for e in r["entities"]])
+        for e in r["entities"]:
+            lines.append(f"  {e['entity_group']:<{kind}}  {e['score']:.4f}  {e['start']:>4}-{e['end']:<4}  {e['word']}")
+        if not r["entities"]:
+            lines.append("  (no entities)")
+    return "\n".join(lines)
 
 
 def with_inputs(result: dict[str, Any], text: str, pair: str | None) -> dict[str, Any]:

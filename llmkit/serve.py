@@ -1,12 +1,14 @@
-"""`llmkit serve MODEL...`: keep models loaded and answer fill-mask and text-classification requests over HTTP.
+"""`llmkit serve MODEL...`: keep models loaded and answer fill-mask, text- and token-classification requests over HTTP.
 
 Requests and responses have the shapes of the Hugging Face inference API, so existing clients work
-(`huggingface_hub.InferenceClient(base_url=...)`: `fill_mask`, `text_classification`):
+(`huggingface_hub.InferenceClient(base_url=...)`: `fill_mask`, `text_classification`, `token_classification`):
 
     POST /models/NAME   (or POST / for the first model)
     {"inputs": "Paris is the [MASK] of France.", "parameters": {"top_k": 3, "targets": ["capital", "city"]}}
     fill-mask, one input:    [{"score": 0.91, "token": 2364, "token_str": "capital", "sequence": "..."}, ...]
     text-classification:     [[{"label": "positive", "score": 0.97}, {"label": "negative", "score": 0.03}]]
+    token-classification:    [{"entity_group": "PER", "score": 0.98, "word": "ada lovelace", "start": 0, "end": 12}]
+                             (parameters: aggregation_strategy "simple", ignore_labels, stride)
     a list of inputs gives a list of such results, in order (one list per text).
     GET /health              {"status": "ok", "models": {"NAME": "fill-mask", ...}}
     GET /openapi.json        the endpoints, described for OpenAPI tools
@@ -192,6 +194,11 @@ def answer(task: str, loaded: Any, texts: list[str], parameters: dict[str, Any])
                           "sequence": c["sequence"]} for c in mask["candidates"]] for mask in result["masks"]]
             out.append(per_mask[0] if len(per_mask) == 1 else per_mask)  # the pipeline's shape
         return out
+    if task == "token-classification":
+        from llmkit import entities
+
+        return entities.find(loaded, texts, stride=parameters.get("stride"),
+                             ignore_labels=parameters.get("ignore_labels", ("O",)))
     from llmkit import inference
 
     logits = inference.classify(loaded, texts)
@@ -224,12 +231,14 @@ def parse(body: bytes, task: str) -> tuple[list[str], bool, dict[str, Any]]:
         raise RequestError(413, f"{len(texts)} inputs in one request; at most {MAX_INPUTS}: split the request")
     if not isinstance(parameters, dict):
         raise RequestError(400, "\"parameters\" must be a JSON object")
-    top_k = parameters.get("top_k", 5 if task == "fill-mask" else None)
+    top_k = parameters.get("top_k", 5 if task == "fill-mask" else None) if task != "token-classification" else None
     if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1):
         raise RequestError(400, f"parameters.top_k must be a positive integer, got {top_k!r}")
     targets = parameters.get("targets")
     if targets is not None and (task != "fill-mask" or not isinstance(targets, (str, list))):
         raise RequestError(400, "parameters.targets is for fill-mask: a word or a list of words")
+    if task == "token-classification":
+        return texts, single, token_parameters(parameters)
     known = {"top_k", "targets"} if task == "fill-mask" else {"top_k"}
     unknown = sorted(set(parameters) - known)
     if unknown:
@@ -237,10 +246,32 @@ def parse(body: bytes, task: str) -> tuple[list[str], bool, dict[str, Any]]:
     return texts, single, {k: v for k, v in (("top_k", top_k), ("targets", targets)) if v is not None}
 
 
+def token_parameters(parameters: dict[str, Any]) -> dict[str, Any]:
+    """token-classification's parameters, checked: aggregation_strategy (only "simple", the grouping `predict`
+    gives), ignore_labels (tags left out, default ["O"]), stride (the overlap of windows over a long text)."""
+    known = {"aggregation_strategy", "ignore_labels", "stride"}
+    unknown = sorted(set(parameters) - known)
+    if unknown:
+        raise RequestError(400, f"unknown parameter '{unknown[0]}' for token-classification; known: "
+                                f"{', '.join(sorted(known))}")
+    strategy = parameters.get("aggregation_strategy")
+    if strategy not in (None, "simple"):
+        raise RequestError(400, f"parameters.aggregation_strategy {strategy!r} is not served; use \"simple\" (the "
+                                f"default: adjacent pieces of one entity type joined)")
+    ignore = parameters.get("ignore_labels")
+    if ignore is not None and (not isinstance(ignore, list) or not all(isinstance(x, str) for x in ignore)):
+        raise RequestError(400, "parameters.ignore_labels must be a list of tag names")
+    stride = parameters.get("stride")
+    if stride is not None and (not isinstance(stride, int) or isinstance(stride, bool) or stride < 0):
+        raise RequestError(400, f"parameters.stride must be a non-negative integer, got {stride!r}")
+    return {k: v for k, v in (("ignore_labels", ignore), ("stride", stride)) if v is not None}
+
+
 def shaped(task: str, results: list[Any], single: bool) -> Any:
-    """The inference API's answer: one fill-mask input gets its candidates; text-classification always gets a
-    list with one ranking per text (InferenceClient.text_classification reads the first)."""
-    return results[0] if single and task == "fill-mask" else results
+    """The inference API's answer: one fill-mask input gets its candidates, one token-classification input its
+    entities; text-classification always gets a list with one ranking per text (InferenceClient.text_classification
+    reads the first)."""
+    return results[0] if single and task in ("fill-mask", "token-classification") else results
 
 
 # --- HTTP ---------------------------------------------------------------------------------------------------------
@@ -313,7 +344,7 @@ async def _disconnected(receive: Callable) -> None:
 
 
 async def predict(request: Any):
-    """Fill-mask or text-classification, by the model's task.
+    """Fill-mask, text- or token-classification, by the model's task.
     ---
     summary: Answer one text or a list of texts (the Hugging Face inference API's request and answer)
     requestBody:
@@ -330,9 +361,13 @@ async def predict(request: Any):
                 properties:
                   top_k: {type: integer, minimum: 1}
                   targets: {oneOf: [{type: string}, {type: array, items: {type: string}}]}
+                  aggregation_strategy: {type: string, enum: [simple]}
+                  ignore_labels: {type: array, items: {type: string}}
+                  stride: {type: integer, minimum: 0}
     responses:
       200: {description: "fill-mask: [{score, token, token_str, sequence}] per text; text-classification:
-        [[{label, score}]] one list per text"}
+        [[{label, score}]] one list per text; token-classification: [{entity_group, score, word, start, end}] per
+        text"}
       4XX: {description: "{\\"error\\": \\"...\\"}: a bad request, a wrong key (401), a body too large (413)"}
       503: {description: "{\\"error\\": \\"...\\"}: the server is busy; retry"}
     """
@@ -492,16 +527,13 @@ def protocol_class() -> type:
 
 def load_models(models: list[str], device: str | None, precision: str, max_batch: int,
                 jobs: "queue.Queue[Job]", runtime: str = "auto") -> dict[str, ModelWorker]:
-    """Each model loaded once: masked LMs for fill-mask, sequence classifiers for text-classification."""
-    from llmkit import fillmask, inference, modeling, ort
+    """Each model loaded once: masked LMs for fill-mask, sequence classifiers for text-classification, token
+    classifiers for token-classification."""
+    from llmkit import fillmask, inference
 
     workers = {}
     for model in models:
-        modeling.check_model_path(model)
-        local = (Path(model).expanduser() / "config.json").is_file()
-        architectures = (ort.read_config(model) if local else modeling.read_config(model)).architectures or []
-        task = "text-classification" if any(a.endswith("ForSequenceClassification") for a in architectures) \
-            else "fill-mask"
+        task = inference.model_task(model)
         loaded = fillmask.load(model, device, precision, runtime=runtime) if task == "fill-mask" else \
             inference.load(model, task, device, precision, runtime=runtime)
         name = Path(model).name if Path(model).exists() else model

@@ -20,7 +20,7 @@ def test_modules_load_with_evaluate_from_local_files():
 
     module = evaluate.load(str(metrics.MODULES_DIR / "classification.py"))
     assert module.compute(references=[0, 1, 2, 1], predictions=[0, 1, 1, 1])["accuracy"] == 0.75
-    assert set(metrics.module_names()) == {"classification", "regression"}
+    assert set(metrics.module_names()) == {"classification", "entities", "regression"}
 
 
 def test_unknown_module_suggests_the_closest():

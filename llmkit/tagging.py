@@ -1,0 +1,250 @@
+"""`llmkit finetune --task token-classification`: fine-tune a token classifier (named entities, tagging) on tagged
+sentences. `finetune.run` hands token-classification runs to `run` here; the settings checks, run directory,
+TrainingArguments, SeededTrainer (length-grouped batches), saving and model card are the shared ones.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from llmkit import config as config_lib
+from llmkit import entities, finetune, metrics, modeling, outputs
+from llmkit.config import RunConfig
+from llmkit.console import log
+from llmkit.data import tagged
+from llmkit.data.tagged import Tagged
+from llmkit.errors import ConfigError
+
+USAGE = """\
+from transformers import pipeline
+
+tagger = pipeline("token-classification", model="{path}", aggregation_strategy="simple")
+print(tagger({example!r}))
+"""
+PREDICTIONS = "predictions.jsonl"
+
+
+def run(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
+    """Fine-tune per `cfg`; returns the final metrics. Writes the run directory described in DESIGN.md (the
+    evaluation predictions as predictions.jsonl: tags and entity spans per sentence)."""
+    # 1. validate everything cheap before loading anything
+    finetune.check_settings(cfg)
+    length, stride = cfg.data.max_seq_length, window_stride(cfg)
+    run_dir, finished = outputs.check_run_dir(cfg, resume, overwrite, finetune.RESUMABLE_CHANGES, log)
+    if finished is not None:
+        return finished
+    tagged.check_sources(cfg.data)
+    modeling.check_model(cfg)
+
+    # 2. data: tagged sentences, tags and scheme checked (all before any model is loaded or anything written)
+    train, held_out, names, scheme = tagged.tagged_data(cfg)
+    metric = metrics.check_metric(cfg.finetune.metric or "entity_f1", "tokens", len(names))
+    log(f"data: {len(train):,} training and {len(held_out):,} evaluation sentences from {train.source}; "
+        f"{tagged.describe(train, names, scheme)}")
+
+    # 3. placement and precision (sets up the process group under accelerate/torchrun)
+    from llmkit import devices, training
+
+    precision, why = devices.precision(cfg.precision)
+    args = training.training_arguments(cfg, run_dir.checkpoints, precision,
+                                       **finetune.selection_arguments(cfg, metric))
+    attention = modeling.resolve_attention(cfg.model.attn_implementation, args.device.type)
+    log(f"precision: {precision} ({why}); attention: {attention}")
+
+    # 4. tokenizer and model: the encoder of the checkpoint plus a fresh token classification head
+    tokenizer, model = tagger(cfg, names, attention)
+
+    # 5. features: word pieces in windows of at most max_seq_length (long sentences overlap, none is cut short)
+    with args.main_process_first(desc="tokenization"):
+        train_windows = tagged.windows(tokenizer, train.words, train.tags, names, length, stride,
+                                       cfg.finetune.label_all_pieces)
+        eval_windows = tagged.windows(tokenizer, held_out.words, held_out.tags, names, length, stride)
+    pieces = np.array([len(f["input_ids"]) for f in train_windows.features])
+    log(f"features: {len(pieces):,} training windows from {len(train):,} sentences, {pieces.mean():.0f} tokens on "
+        f"average ({len(pieces) - len(train):,} extra windows for sentences over {length} tokens, overlapping by "
+        f"{stride} tokens)")
+
+    # 6. trainer: dynamic padding of inputs and labels, length-grouped batches, best model by entity F1
+    trainer, guard, effective_batch = make_trainer(cfg, args, model, tokenizer, train_windows, eval_windows,
+                                                   held_out, names, metric)
+
+    # 7. train (Ctrl-C / SIGTERM save a checkpoint; a non-finite loss stops without saving)
+    result = training.train(trainer, guard, run_dir, config_lib.dump(cfg))
+
+    # 8. save the (best) model, predict the evaluation set with it through `inference`, and publish
+    staging = outputs.stage_model(run_dir, trainer, tokenizer)
+    if staging is None:  # not the main process
+        return {}
+    summary = evaluate_saved(staging, held_out, eval_windows, names, str(args.device), precision,
+                             args.per_device_eval_batch_size)
+    state = trainer.state
+    summary.update({
+        "train_loss": result.metrics.get("train_loss"),
+        "best_metric": {"metric": f"eval_{metric}", "value": state.best_metric,
+                        "checkpoint": state.best_model_checkpoint} if state.best_metric is not None else None,
+        "steps": state.global_step, "epochs": round(state.epoch or 0.0, 4), "train_examples": len(train),
+        "train_windows": len(train_windows.features), "eval_examples": len(held_out),
+        "train_runtime_s": result.metrics.get("train_runtime"),
+        "train_samples_per_second": result.metrics.get("train_samples_per_second"),
+        "effective_batch_size": effective_batch, "processes": trainer.args.world_size, "precision": precision,
+        "problem_type": "token_classification", "tag_scheme": scheme})
+    save(run_dir, staging, trainer, cfg, summary, train.source, modeling.describe(model), names)
+    return summary
+
+
+def window_stride(cfg: RunConfig) -> int:
+    """The overlap of the windows of long sentences: as set (below half a window), else a quarter of it, <= 32."""
+    length, stride = cfg.data.max_seq_length, cfg.finetune.stride
+    if stride is None:
+        return min(32, length // 4)
+    if stride * 2 > length:
+        raise ConfigError(f"finetune.stride ({stride}) must be at most half of data.max_seq_length ({length}): "
+                          f"windows would overlap more than they move on. Lower --set finetune.stride.")
+    return stride
+
+
+# ---------------------------------------------------------------- model and trainer
+
+
+def tagger(cfg: RunConfig, names: list[str], attention: str) -> tuple[Any, Any]:
+    """(tokenizer, AutoModelForTokenClassification) from any encoder checkpoint, the tags in config.id2label."""
+    import transformers
+
+    transformers.set_seed(cfg.seed)
+    name = cfg.model.name
+    tokenizer = modeling.load_tokenizer(cfg.model.tokenizer or name, cfg.model.trust_remote_code)
+    if getattr(tokenizer, "add_prefix_space", None) is False:  # byte-level BPE (RoBERTa, ...): words given split
+        from transformers import AutoTokenizer  # need it, as in run_ner.py; saved with the model
+
+        tokenizer = AutoTokenizer.from_pretrained(cfg.model.tokenizer or name, add_prefix_space=True,
+                                                  trust_remote_code=cfg.model.trust_remote_code)
+    tokenizer.model_max_length = cfg.data.max_seq_length  # saved: the pipeline and inference use the same window
+    config = modeling.read_config(name, cfg.model.trust_remote_code)
+    source = ", ".join(config.architectures or ["no architecture"])
+    config.num_labels = len(names)
+    config.id2label, config.label2id = dict(enumerate(names)), {n: i for i, n in enumerate(names)}
+    modeling.set_dropout(config, cfg.model.dropout)
+    model, info, note = modeling.load_pretrained("AutoModelForTokenClassification", name, config, attention,
+                                                 cfg.model.trust_remote_code, ignore_mismatched_sizes=True)
+    fresh = sorted(set(info.get("missing_keys", ())) | {k[0] if isinstance(k, tuple) else k
+                                                         for k in info.get("mismatched_keys", ())})
+    log(f"'{name}' ({source}) gets a fresh token classification head for {len(names)} tags: newly initialised "
+        f"{', '.join(fresh[:6])}{' ...' if len(fresh) > 6 else ''}" if fresh else
+        f"'{name}' ({source}) already has a token classification head of this shape; training continues from it")
+    if note:
+        log(note)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+        model.config.pad_token_id = tokenizer.pad_token_id
+    modeling.check_vocab(model, tokenizer, name, cfg.model.tokenizer or name)
+    shape = modeling.describe(model)
+    log(f"model: {shape['architecture']} {shape['layers']}x{shape['hidden_size']}, {shape['parameters'] / 1e6:.1f}M "
+        f"parameters")
+    return tokenizer, model
+
+
+def make_trainer(cfg: RunConfig, args: Any, model: Any, tokenizer: Any, train_windows: tagged.Windows,
+                 eval_windows: tagged.Windows, held_out: Tagged, names: list[str], metric: str) -> tuple[Any, Any, int]:
+    """(SeededTrainer, its stop callback, examples per optimizer step); evaluations score words, not windows."""
+    import transformers
+
+    from llmkit import training
+
+    guard = training.StopCallback()
+    callbacks = [training.LogCallback(), guard]
+    if cfg.finetune.early_stopping_patience:
+        callbacks.append(transformers.EarlyStoppingCallback(cfg.finetune.early_stopping_patience))
+    collator = transformers.DataCollatorForTokenClassification(
+        tokenizer, pad_to_multiple_of=8 if args.device.type == "cuda" else None)
+
+    class TaggingTrainer(training.SeededTrainer):
+        """Evaluations in dataset order (the Trainer groups them by length when training does): `word_metrics`
+        reads each word from its windows by position."""
+
+        def _get_eval_sampler(self, eval_dataset):
+            import torch
+
+            return torch.utils.data.SequentialSampler(eval_dataset) if self.args.world_size <= 1 else None
+
+    trainer = TaggingTrainer(
+        model=model, args=args, data_collator=collator, train_dataset=train_windows.features,
+        eval_dataset=eval_windows.features, processing_class=tokenizer,
+        compute_metrics=word_metrics(eval_windows, held_out, names), callbacks=callbacks,
+        cheap_dropout=cfg.model.cheap_dropout)
+    trainer.remove_callback(transformers.trainer_callback.PrinterCallback)
+    # Token classification heads return a per-batch mean and ignore num_items_in_batch (as the sequence ones)
+    trainer.model_accepts_loss_kwargs = False
+    effective_batch = training.effective_batch_size(args)
+    log(f"batch: {args.per_device_train_batch_size} per device x {args.gradient_accumulation_steps} accumulation x "
+        f"{args.world_size} process(es) = {effective_batch} windows per step; best model by eval {metric}")
+    return trainer, guard, effective_batch
+
+
+def word_metrics(windows: tagged.Windows, held_out: Tagged, names: list[str]) -> Any:
+    """A `compute_metrics` scoring each evaluation word once (its first piece, in its most central window)."""
+
+    def compute_metrics(prediction: Any) -> dict[str, float]:
+        logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
+        rows = [logits[k, :len(f["input_ids"])] for k, f in enumerate(windows.features)]
+        predicted = [tagged.predicted_tags(p, names)[0] for p in tagged.word_predictions(windows, rows)]
+        return metrics.entities(held_out.tags, predicted)
+
+    return compute_metrics
+
+
+# ---------------------------------------------------------------- results
+
+
+def evaluate_saved(staging: Path, held_out: Tagged, windows: tagged.Windows, names: list[str], device: str,
+                   precision: str, batch_size: int) -> dict[str, Any]:
+    """Entity metrics (with the per-type table), the loss at words' first pieces and predictions.jsonl of the
+    saved model on the evaluation set, run through `inference` as `llmkit predict` runs it."""
+    from llmkit import inference
+
+    loaded = inference.load(staging, "token-classification", device, precision, runtime="torch")
+    ids = [f["input_ids"] for f in windows.features]
+    types = [f["token_type_ids"] for f in windows.features] if "token_type_ids" in windows.features[0] else None
+    rows = entities.window_logits(loaded, ids, types, batch_size)
+    probabilities = tagged.word_predictions(windows, rows)
+    predicted = [tagged.predicted_tags(p, names) for p in probabilities]
+    summary = {**metrics.entities(held_out.tags, [tags for tags, _ in predicted], report=True),
+               "eval_loss": word_loss(probabilities, held_out.tags, names), "labels": list(names)}
+    with (staging / PREDICTIONS).open("w", encoding="utf-8") as f:
+        for words, gold, (tags, scores) in zip(held_out.words, held_out.tags, predicted):
+            f.write(json.dumps({"text": " ".join(words), "words": words, "gold": gold, "predicted": tags,
+                                "entities": entities.spans(words, tags, scores),
+                                "gold_entities": entities.spans(words, gold)}, ensure_ascii=False) + "\n")
+    return summary
+
+
+def word_loss(probabilities: list[np.ndarray], gold: list[list[str]], names: list[str]) -> float:
+    """Cross-entropy of the gold tag of each word (at the piece its prediction is read from)."""
+    index = {n: i for i, n in enumerate(names)}
+    picked = np.concatenate([p[np.arange(len(tags)), [index[t] for t in tags]] for p, tags in zip(probabilities, gold)])
+    picked = picked[~np.isnan(picked)]
+    return float(-np.log(np.clip(picked, 1e-12, None)).mean()) if picked.size else float("nan")
+
+
+def save(run_dir: outputs.RunDir, staging: Path, trainer: Any, cfg: RunConfig, summary: dict[str, Any],
+         source: str, shape: dict[str, Any], names: list[str]) -> None:
+    headline = {k: summary[k] for k in metrics.names("tokens", len(names)) if k in summary}
+    shown = ", ".join(f"{k} {v:.4f}" for k, v in headline.items())
+    kinds = sorted({n.partition("-")[2] for n in names if n != "O"})
+    outputs.write_final(run_dir, staging, trainer, cfg, summary, "Fine-tuning", card=dict(
+        title=f"{Path(cfg.output_dir).name}: token classifier",
+        summary=(f"A {shape['architecture']} fine-tuned from `{cfg.model.name}` by `llmkit finetune` to tag "
+                 f"{', '.join(kinds[:20])}{', ...' if len(kinds) > 20 else ''} ({summary['tag_scheme']} tags). On "
+                 f"the evaluation set (entity-level, exact spans): {shown}."),
+        data=(f"{source}; {summary['train_examples']:,} training and {summary['eval_examples']:,} evaluation "
+              f"sentences, in windows of {cfg.data.max_seq_length} tokens overlapping by {window_stride(cfg)}; "
+              f"{summary['steps']:,} steps of {summary['effective_batch_size']} windows. Evaluation-set tags and "
+              f"entities are in `{PREDICTIONS}`."),
+        model={**shape, "tags": len(names), "tag scheme": summary["tag_scheme"], "precision": summary["precision"],
+               "processes": summary["processes"], "effective batch size": summary["effective_batch_size"]},
+        usage=USAGE.format(path=Path(cfg.output_dir).resolve(), example="Ada Lovelace lived in London."),
+        base_model=cfg.model.name, pipeline_tag="token-classification", datasets=cfg.data.train))
+    log(f"saved to {run_dir.path}: {shown}")
