@@ -173,26 +173,38 @@ def make_trainer(cfg: RunConfig, args: Any, model: Any, tokenizer: Any, train_fe
     """(SeededTrainer, its stop callback, examples per optimizer step)."""
     import transformers
 
+    collator = transformers.DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8 if args.device.type == "cuda"
+                                                    else None)
+    return shared_trainer(cfg, args, model, tokenizer, train_features, eval_features, collator,
+                          metrics.for_trainer(problem, names), metric)
+
+
+def shared_trainer(cfg: RunConfig, args: Any, model: Any, tokenizer: Any, train_features: Any, eval_features: Any,
+                   collator: Any, compute_metrics: Any, metric: str, unit: str = "examples",
+                   trainer_class: Any = None) -> tuple[Any, Any, int]:
+    """The trainer of every fine-tuning task: `trainer_class` (a `SeededTrainer`) with llmkit's sample order,
+    dropout masks, log and stop callbacks and early stopping; (trainer, its stop callback, `unit`s per step)."""
+    import transformers
+
     from llmkit import training
 
     guard = training.StopCallback()
     callbacks = [training.LogCallback(), guard]
     if cfg.finetune.early_stopping_patience:
         callbacks.append(transformers.EarlyStoppingCallback(cfg.finetune.early_stopping_patience))
-    collator = transformers.DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8 if args.device.type == "cuda"
-                                                    else None)
-    trainer = training.SeededTrainer(
+    trainer = (trainer_class or training.SeededTrainer)(
         model=model, args=args, data_collator=collator, train_dataset=train_features, eval_dataset=eval_features,
-        processing_class=tokenizer, compute_metrics=metrics.for_trainer(problem, names), callbacks=callbacks,
+        processing_class=tokenizer, compute_metrics=compute_metrics, callbacks=callbacks,
         cheap_dropout=cfg.model.cheap_dropout, group_window=cfg.finetune.group_window,
         shuffle_batches=cfg.finetune.shuffle_batches)
     trainer.remove_callback(transformers.trainer_callback.PrinterCallback)
-    # Classification heads take **kwargs but ignore num_items_in_batch and return a per-batch mean; told
-    # otherwise, the Trainer would scale that mean by the process count and skip the accumulation division.
+    # Classification heads (sequence and token) take **kwargs but ignore num_items_in_batch and return a
+    # per-batch mean; told otherwise, the Trainer would scale that mean by the process count and skip the
+    # accumulation division.
     trainer.model_accepts_loss_kwargs = False
     effective_batch = training.effective_batch_size(args)
     log(f"batch: {args.per_device_train_batch_size} per device x {args.gradient_accumulation_steps} accumulation x "
-        f"{args.world_size} process(es) = {effective_batch} examples per step; best model by eval {metric}")
+        f"{args.world_size} process(es) = {effective_batch} {unit} per step; best model by eval {metric}")
     return trainer, guard, effective_batch
 
 

@@ -52,8 +52,9 @@ def run(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> dict[s
     precision, why = devices.precision(cfg.precision)
     args = training.training_arguments(cfg, run_dir.checkpoints, precision,
                                        **finetune.selection_arguments(cfg, metric))
-    attention = modeling.resolve_attention(cfg.model.attn_implementation, args.device.type)
-    log(f"precision: {precision} ({why}); attention: {attention}")
+    attention, reason = modeling.resolve_attention(cfg.model.attn_implementation, args.device.type,
+                                                   modeling.model_type(cfg))
+    log(f"precision: {precision} ({why}); attention: {attention} ({reason})")
 
     # 4. tokenizer and model: the encoder of the checkpoint plus a fresh token classification head
     tokenizer, model = tagger(cfg, names, attention)
@@ -154,10 +155,6 @@ def make_trainer(cfg: RunConfig, args: Any, model: Any, tokenizer: Any, train_wi
 
     from llmkit import training
 
-    guard = training.StopCallback()
-    callbacks = [training.LogCallback(), guard]
-    if cfg.finetune.early_stopping_patience:
-        callbacks.append(transformers.EarlyStoppingCallback(cfg.finetune.early_stopping_patience))
     collator = transformers.DataCollatorForTokenClassification(
         tokenizer, pad_to_multiple_of=8 if args.device.type == "cuda" else None)
 
@@ -170,18 +167,9 @@ def make_trainer(cfg: RunConfig, args: Any, model: Any, tokenizer: Any, train_wi
 
             return torch.utils.data.SequentialSampler(eval_dataset) if self.args.world_size <= 1 else None
 
-    trainer = TaggingTrainer(
-        model=model, args=args, data_collator=collator, train_dataset=train_windows.features,
-        eval_dataset=eval_windows.features, processing_class=tokenizer,
-        compute_metrics=word_metrics(eval_windows, held_out, names), callbacks=callbacks,
-        cheap_dropout=cfg.model.cheap_dropout)
-    trainer.remove_callback(transformers.trainer_callback.PrinterCallback)
-    # Token classification heads return a per-batch mean and ignore num_items_in_batch (as the sequence ones)
-    trainer.model_accepts_loss_kwargs = False
-    effective_batch = training.effective_batch_size(args)
-    log(f"batch: {args.per_device_train_batch_size} per device x {args.gradient_accumulation_steps} accumulation x "
-        f"{args.world_size} process(es) = {effective_batch} windows per step; best model by eval {metric}")
-    return trainer, guard, effective_batch
+    return finetune.shared_trainer(cfg, args, model, tokenizer, train_windows.features, eval_windows.features,
+                                   collator, word_metrics(eval_windows, held_out, names), metric, unit="windows",
+                                   trainer_class=TaggingTrainer)
 
 
 def word_metrics(windows: tagged.Windows, held_out: Tagged, names: list[str]) -> Any:
