@@ -31,6 +31,7 @@ from typing import Any, Callable
 from llmkit.console import log
 from llmkit.errors import DataError, RunError
 
+DATA_TIMEOUT_S = 24 * 3600  # the data stage may wait this long for the slowest rank's share of tokenization
 FINISHED = 1 << 40  # a heartbeat counter past this: the machine finished training (its silence is no loss)
 MACHINE_TIMEOUT_S = 180.0  # a machine silent this long during training is lost
 STARTUP_GRACE_S = 60.0  # a machine not yet beating (still loading its model) gets this much longer
@@ -115,8 +116,6 @@ def data_ranks(args: Any, group: Any, cache: Path | None) -> DataRanks:
     from datetime import timedelta
 
     import torch.distributed as dist
-
-    from llmkit.training import DATA_TIMEOUT_S
 
     everyone = DataRanks(args.process_index, args.world_size, lambda: dist.barrier(group=group), group)
     if cache is None or machine_count() == 1:
@@ -233,7 +232,7 @@ class MachineWatch:
 
     def finish(self) -> None:
         self.done.set()
-        with contextlib.suppress(Exception):  # the store may be gone already: nobody is left to tell
+        with contextlib.suppress(RuntimeError, OSError):  # the store may be gone already: nobody is left to tell
             self.store.add(str(self.me), FINISHED)
 
 

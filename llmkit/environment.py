@@ -90,6 +90,9 @@ def check_machines(machines: Machines) -> None:
                             f"got {found}")
         if not machines.ip:
             problems.append("--main-process-ip is needed: the address of machine 0, reachable from every machine")
+        if machines.port == 0:  # each machine would pick its own free port, and they would never meet
+            problems.append("--main-process-port 0 (any free port) works on one machine only: give every machine "
+                            "the same port, e.g. --main-process-port 29500")
     if machines.port is not None and not 0 <= machines.port <= 65535:
         problems.append(f"--main-process-port must be a TCP port (1-65535, 0: any free one), got {machines.port}")
     if problems:

@@ -114,6 +114,10 @@ def check_settings(cfg: RunConfig) -> None:
     if not cfg.data.train:
         raise ConfigError("llmkit finetune needs labeled training data: pass --data FILE (CSV, TSV, JSON Lines, JSON "
                           "or parquet with a text and a label column) or a `datasets` name.")
+    if cfg.data.eval_split and not cfg.data.eval and any(labeled.is_local(source) for source in cfg.data.train):
+        raise ConfigError(f"data.eval_split '{cfg.data.eval_split}' names a split of a `datasets` name, but --data is a "
+                          f"local file or folder ({cfg.data.train[0]}), which has one split only: pass the evaluation "
+                          f"file with --eval-data instead.")
 
 
 def selection_arguments(cfg: RunConfig, metric: str) -> dict[str, Any]:

@@ -392,8 +392,11 @@ def output_lock(output_dir: str):
                   .encode(), 0)
         yield
     finally:
-        os.unlink(lock)
-        os.close(fd)
+        try:  # removed while still held: a run that opens it next finds it gone and makes its own (see above)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(lock)
+        finally:
+            os.close(fd)
         for folder in created:  # made only to hold the lock, and still empty: nothing was written
             with contextlib.suppress(OSError):
                 folder.rmdir()

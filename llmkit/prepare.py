@@ -92,7 +92,7 @@ def process_group() -> tuple[int, int, Any]:
 
     import torch.distributed as dist
 
-    from llmkit.training import DATA_TIMEOUT_S
+    from llmkit.distributed import DATA_TIMEOUT_S
 
     if not dist.is_initialized():
         dist.init_process_group("gloo", timeout=timedelta(seconds=DATA_TIMEOUT_S))

@@ -5,6 +5,7 @@ TrainingArguments, SeededTrainer (length-grouped batches), saving and model card
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,9 @@ def run(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> dict[s
     evaluation predictions as predictions.jsonl: tags and entity spans per sentence)."""
     # 1. validate everything cheap before loading anything
     finetune.check_settings(cfg)
+    if importlib.util.find_spec("seqeval") is None:  # entity metrics: found missing now, not after training
+        raise ConfigError("Token classification scores entities with seqeval, which is not installed here: "
+                          "pip install seqeval")
     length, stride = cfg.data.max_seq_length, window_stride(cfg)
     run_dir, finished = outputs.check_run_dir(cfg, resume, overwrite, finetune.RESUMABLE_CHANGES, log)
     if finished is not None:

@@ -22,7 +22,6 @@ from llmkit.dropout import CheapDropout
 from llmkit.errors import ConfigError, RunError
 from llmkit.modeling import MaskedPositionsHead
 
-DATA_TIMEOUT_S = 24 * 3600  # the data stage may wait this long for the slowest rank's share of tokenization
 SIGNAL_CHECK_STEPS = 10  # launched runs agree on stopping (after Ctrl-C / SIGTERM) every this many steps
 
 
@@ -99,7 +98,7 @@ def data_stage(args: TrainingArguments, cache: Path | None = None):
 
     import torch.distributed as dist
 
-    group = dist.new_group(backend="gloo", timeout=timedelta(seconds=DATA_TIMEOUT_S))
+    group = dist.new_group(backend="gloo", timeout=timedelta(seconds=distributed.DATA_TIMEOUT_S))
     stage = None
     try:
         stage = distributed.data_ranks(args, group, cache)

@@ -145,3 +145,15 @@ def test_held_out_split_and_max_eval_samples(tmp_path):
     train, held, problem, names = labeled_data(cfg)
     assert (problem, names, len(train.texts)) == ("single_label", ["a", "b"], 20)
     assert Counter(held.labels) == {"a": 6, "b": 2}  # 8 of the 20 held out, in the classes' 3:1 proportion
+
+
+def test_an_eval_split_of_a_local_file_is_refused(tmp_path):
+    """A local file has one split: --set data.eval_split would have evaluated on the training data."""
+    from llmkit import finetune
+
+    data = tmp_path / "train.csv"
+    data.write_text("text,label\na,x\nb,y\n", encoding="utf-8")
+    cfg = config.build("finetune", sets=[f"model.name={tmp_path}", f"data.train=[{str(data)!r}]",
+                                         "data.eval_split=validation"])
+    with pytest.raises(ConfigError, match="pass the evaluation file with --eval-data"):
+        finetune.check_settings(cfg)

@@ -70,3 +70,13 @@ def test_gpu_check_dry_run_passes_in_an_environment_like_the_gpu_machines(tmp_pa
                    "hf-finetune", "llmkit-fill-mask", "pipeline-fill-mask", "llmkit-predict", "pipeline-predict"):
         assert re.search(rf"^  {figure} +[\d,]+ ", result.stdout, re.M), figure
     assert (tmp_path / "gpu-check-dry.log").is_file()
+
+
+def test_any_free_port_is_refused_over_several_machines():
+    """Each machine would pick its own free port and they would never meet."""
+    from llmkit.environment import Machines, check_machines
+    from llmkit.errors import ConfigError
+
+    check_machines(Machines(1, None, None, 0))
+    with pytest.raises(ConfigError, match="works on one machine only"):
+        check_machines(Machines(2, 0, "10.0.0.1", 0))

@@ -122,6 +122,12 @@ def test_tables_jsonl_and_parquet_with_classlabel_names(tmp_path):
     train, _, names, _ = tagged.tagged_data(cfg)
     assert names == order and train.tags == [t for _, t in rows]
 
+    from llmkit.errors import DataError
+
+    other = write_conll(tmp_path / "more.conll", [(["x", "y"], ["B-ORG", "O"])])  # a tag the ClassLabel lacks
+    with pytest.raises(DataError, match="B-ORG are not among the ClassLabel names"):
+        tagged.tagged_data(data_config(train=[str(tmp_path / "t.parquet"), str(other)], eval=[str(jsonl)]))
+
 
 def test_the_task_is_detected_from_files_and_columns(tmp_path):
     from llmkit.data import tagged

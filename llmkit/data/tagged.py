@@ -276,6 +276,11 @@ def tag_names(train: Tagged, order: Sequence[str] | None = None) -> list[str]:
     type and B, I, E, S."""
     found = Counter(t for tags in train.tags for t in tags)
     if order is not None:
+        extra = sorted(set(found) - set(order))
+        if extra:
+            raise DataError(f"{train.source}: the tags {', '.join(extra[:5])} are not among the ClassLabel names "
+                            f"{', '.join(order[:8])}{' ...' if len(order) > 8 else ''} that give the tag order; use one "
+                            f"kind of source, or give every source the same tag names.")
         return list(order)
 
     def key(tag: str) -> tuple:
