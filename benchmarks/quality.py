@@ -1,7 +1,7 @@
 """Benchmark: is a model fine-tuned by `llmkit finetune` as good as one from a plain Hugging Face script?
 
     python benchmarks/quality.py --quick     # ~10 min: topics, 2 seeds, llmkit against the plain script
-    python benchmarks/quality.py             # ~2-3 h: both data sets, 5 seeds, every lever, pretrain -> finetune
+    python benchmarks/quality.py --pipeline  # ~3 h: both data sets, 5 seeds, every lever, pretrain -> finetune
     python benchmarks/quality.py --datasets topics --variants llmkit,plain-matched --seeds 1,2,3,4,5
 
 Accuracy, not speed, is the point here (benchmarks/finetune.py measures speed against the pad-to-max script).
@@ -85,7 +85,7 @@ LEVERS: dict[str, tuple[list[str], str]] = {
     "no-warmup-decay": (["training.warmup_steps=0", "training.weight_decay=0.0"],
                         "the Trainer's optimiser defaults: no warmup, no weight decay"),
 }
-DEFAULT_VARIANTS = ("plain", "plain-matched", "llmkit", *(f"llmkit-{lever}" for lever in LEVERS if lever != "fp32"))
+DEFAULT_VARIANTS = ("plain", "plain-defaults", "plain-matched", "llmkit", *(f"llmkit-{lever}" for lever in LEVERS if lever != "fp32"))
 
 
 # ---------------------------------------------------------------- data
