@@ -27,7 +27,8 @@ Variants (`--variants`; one seed = one run):
   against `llmkit`, it isolates the implementation;
 - llmkit: the real CLI as shipped (`llmkit finetune`; evaluation and checkpoints during training off, which at
   the end of training changes nothing: the model scored is the last one);
-- llmkit-window-N: llmkit with length-sorted windows of N batches (finetune.group_window) instead of 16;
+- llmkit-window-N: llmkit with length-sorted windows of N batches (finetune.group_window) instead of the
+  Trainer's rule (up to 50, at least 4 windows);
 - llmkit-<lever>: llmkit with one lever switched back to what the plain script does (see LEVERS; `fp32` only
   where llmkit would train in bf16, i.e. on a CPU with native bf16 or a GPU: add it with --variants).
 
@@ -76,8 +77,8 @@ DATASETS = {  # name: (labels, training examples per label, test examples per la
 
 # lever: (--set items that switch it to the plain script's way, what it is)
 LEVERS: dict[str, tuple[list[str], str]] = {
-    "trainer-order": (["finetune.shuffle_batches=false"],  # + the Trainer's window, see run_variant
-                      "length-grouped with the Trainer's sampler order (sorted runs of up to 50 batches)"),
+    "shuffled": (["finetune.shuffle_batches=true", "finetune.group_window=16"],
+                 "length-grouped batches (windows of 16) in random order instead of the Trainer's sorted runs"),
     "random-order": (['training.train_sampling_strategy="random"'], "random order, no length grouping"),
     "torch-dropout": (["model.cheap_dropout=false"], "torch's dropout masks instead of the 15-bit ones"),
     "sdpa": (['model.attn_implementation="sdpa"'], "SDPA attention (the plain script's) instead of eager"),
@@ -181,8 +182,6 @@ def llmkit_sets(variant: str, ds: dict[str, Any]) -> list[str]:
         return []
     if lever.startswith("window-") and lever[7:].isdigit():
         return [f"finetune.group_window={lever[7:]}"]
-    if lever == "trainer-order":  # + LengthGroupedSampler's window: at most 50 batches, at least 4 windows
-        return [*LEVERS[lever][0], f"finetune.group_window={max(1, min(50, ds['train_examples'] // (4 * BATCH)))}"]
     if lever in LEVERS and variant.startswith("llmkit-"):
         return LEVERS[lever][0]
     raise SystemExit(f"unknown variant '{variant}'; known: {', '.join(PLAIN)}, llmkit, llmkit-window-N, "

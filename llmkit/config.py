@@ -138,10 +138,10 @@ class FinetuneOptions:
     unseen_eval_labels: Literal["error", "drop"] = "error"  # eval labels absent from training
     early_stopping_patience: int | None = None  # evaluations without improvement before stopping
     metric: str | None = None  # metric that picks the best model; None: f1_macro (regression: mse; tokens: f1)
-    # training.train_sampling_strategy=group_by_length: batches of similar length from sorted windows of this
-    # many batches, the batches in random order (shuffle_batches=false: sorted runs, as the Trainer's own sampler)
-    group_window: int = 16
-    shuffle_batches: bool = True
+    # training.train_sampling_strategy=group_by_length: batches of similar length from sorted windows of this many
+    # batches (None: the Trainer's rule, up to 50), in each window's order (the Trainer's) or shuffled over the epoch
+    group_window: int | None = None
+    shuffle_batches: bool = False
     # token-classification: tags per word (auto: for .conll/.iob/.bio files and list-of-words columns)
     task: Literal["auto", "text-classification", "token-classification"] = "auto"
     label_all_pieces: bool = False  # tokens: every piece of a word gets its tag (default: the first; run_ner's)
@@ -153,7 +153,7 @@ class FinetuneOptions:
         out = []
         if self.early_stopping_patience is not None and self.early_stopping_patience < 1:
             out.append(f"finetune.early_stopping_patience must be >= 1, got {self.early_stopping_patience}")
-        if self.group_window < 1:
+        if self.group_window is not None and self.group_window < 1:
             out.append(f"finetune.group_window must be >= 1 (batches per length-sorted window), got {self.group_window}")
         if self.stride is not None and self.stride < 0:
             out.append(f"finetune.stride must be >= 0, got {self.stride}")

@@ -131,8 +131,8 @@ class SeededTrainer(Trainer):
     Training steps on a CPU draw dropout masks with `llmkit.dropout.CheapDropout` unless `cheap_dropout=False`.
     """
 
-    def __init__(self, *args: Any, cheap_dropout: bool = True, group_window: int = 16, shuffle_batches: bool = True,
-                 **kwargs: Any):
+    def __init__(self, *args: Any, cheap_dropout: bool = True, group_window: int | None = None,
+                 shuffle_batches: bool = False, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.cheap_dropout = cheap_dropout and self.args.device.type == "cpu" and not self.args.torch_compile
         self.group_window, self.shuffle_batches = group_window, shuffle_batches
@@ -180,23 +180,25 @@ class SeededTrainer(Trainer):
 
 
 class LengthGroupedBatches(torch.utils.data.Sampler):
-    """Indices in batches of similar length, in random batch order, reseeded with (seed, epoch) at each epoch.
+    """Indices in batches of similar length, reseeded with (seed, epoch) at each epoch.
 
-    An epoch: a seeded permutation of the examples, cut into windows of `window` batches; each window sorted by
-    length (longest first) and cut into batches of `batch` examples; then the full batches of the whole epoch
-    in a seeded random order, the one holding the longest example first (an out-of-memory error shows at the
-    first step) and the one short batch, if any, last. The padding saved is that of sorting within a window.
-
-    `shuffle_batches=False` keeps the batches of each window in their sorted order, as the Trainer's own
-    `LengthGroupedSampler` does (windows of up to 50 batches): the model then sees long-to-short runs of
-    batches, which costs accuracy in short fine-tuning runs (benchmarks/quality.py measures it).
+    An epoch: a seeded permutation of the examples, cut into windows of `window` batches (None: the Trainer's
+    `LengthGroupedSampler` rule, 50 batches or fewer so that there are at least 4 windows); each window sorted by
+    length (longest first) and cut into batches of `batch` examples. With `shuffle_batches=False` the batches
+    follow in that order, window after window, with the longest example moved to the very first batch: the
+    Trainer's own `LengthGroupedSampler` order, index for index. With `shuffle_batches=True` the full batches of
+    the epoch come in a seeded random order instead (the one holding the longest example first, the one short
+    batch last), so that the model does not see long-to-short runs of batches. Both save the padding of sorting
+    within a window; benchmarks/quality.py compares the fine-tuned accuracy of the two.
     """
 
-    def __init__(self, lengths: list[int], batch: int, seed: int, window: int = 16, shuffle_batches: bool = True):
-        if window < 1:
+    def __init__(self, lengths: list[int], batch: int, seed: int, window: int | None = None,
+                 shuffle_batches: bool = False):
+        if window is not None and window < 1:
             raise ConfigError(f"finetune.group_window must be >= 1 batch, got {window}")
         self.lengths, self.batch, self.seed = torch.as_tensor(lengths), batch, seed
-        self.window, self.shuffle_batches = window, shuffle_batches
+        self.window = window if window is not None else max(1, min(50, len(lengths) // (batch * 4)))
+        self.shuffle_batches = shuffle_batches
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -214,8 +216,13 @@ class LengthGroupedBatches(torch.utils.data.Sampler):
             window = order[start:start + span]
             window = window[torch.argsort(self.lengths[window], descending=True, stable=True)]
             batches += list(window.split(self.batch))
+        if not self.shuffle_batches:  # the Trainer's order: the longest example alone moves to the front
+            first = torch.cat(batches)
+            longest = int(torch.argmax(self.lengths[first]))
+            first[0], first[longest] = first[longest].clone(), first[0].clone()
+            return list(first.split(self.batch))
         tail = [batches.pop()] if batches and len(batches[-1]) < self.batch else []
-        if self.shuffle_batches and batches:
+        if batches:
             batches = [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
             longest = max(range(len(batches)), key=lambda i: int(self.lengths[batches[i]].max()))
             batches[0], batches[longest] = batches[longest], batches[0]

@@ -1,7 +1,7 @@
 """llmkit's fine-tuning loop against the stock `Trainer`: the same losses, gradients and weights, step by step.
 
 The llmkit side is built the way `llmkit finetune` builds it (`finetune.classifier`, `training.training_arguments`,
-`finetune.make_trainer`), with its speed levers on: dynamic padding, length-grouped batches in random order,
+`finetune.make_trainer`), with its speed levers on: dynamic padding, length-grouped batches,
 eager attention on the CPU, llmkit's loss averaging. The plain side is a stock `Trainer` with SDPA attention and
 every text padded to the maximum length, fed the same examples in the same batches in the same order. Dropout is
 off on both sides: its masks are random by design (llmkit's CPU masks are checked in test_dropout.py). A speed
@@ -128,28 +128,41 @@ def test_finetune_steps_match_plain_trainer(tiny_mlm, tmp_path, batch, accumulat
         torch.testing.assert_close(trainer.model.state_dict()[name], p, rtol=1e-3, atol=1e-5, msg=name)
 
 
-def test_length_grouped_batches_cover_each_epoch_in_random_batch_order():
+def test_default_order_is_the_trainers_length_grouped_order_index_for_index():
+    """The default order is transformers' own `group_by_length` order (reseeded per epoch): the same indices."""
+    from transformers.trainer_pt_utils import get_length_grouped_indices
+
+    from llmkit.training import LengthGroupedBatches
+
+    g = torch.Generator().manual_seed(0)
+    for n, batch in ((1000, 32), (333, 8), (40, 16)):
+        lengths = torch.randint(3, 129, (n,), generator=g).tolist()
+        for epoch in (0, 3):
+            sampler = LengthGroupedBatches(lengths, batch=batch, seed=7)
+            sampler.set_epoch(epoch)
+            expected = get_length_grouped_indices(lengths, batch,
+                                                  generator=torch.Generator().manual_seed(7 * 1_000_003 + epoch))
+            assert list(sampler) == expected
+
+
+def test_shuffled_length_grouped_batches_cover_each_epoch_in_random_batch_order():
     """Every example once per epoch, full batches of similar length in a seeded random order (not long-to-short
     runs), the longest batch first and the short one last, a different order each epoch, the same on a rerun."""
     from llmkit.training import LengthGroupedBatches
 
     g = torch.Generator().manual_seed(0)
     lengths = torch.randint(3, 129, (1000,), generator=g).tolist()
-    sampler = LengthGroupedBatches(lengths, batch=32, seed=7, window=8)
+    sampler = LengthGroupedBatches(lengths, batch=32, seed=7, window=8, shuffle_batches=True)
     batches = sampler.batches()
     assert sorted(torch.cat(batches).tolist()) == list(range(1000))
     assert [len(b) for b in batches] == [32] * 31 + [8]
     assert max(lengths[i] for i in batches[0]) == max(lengths)
     longest = [max(lengths[i] for i in b) for b in batches[:-1]]
     descents = sum(a > b for a, b in zip(longest, longest[1:]))
-    assert 8 < descents < 23  # random batch order; sorted runs (shuffle_batches=False) would descend ~27 times
+    assert 8 < descents < 23  # random batch order; sorted runs would descend ~27 times
     padded = sum(len(b) * max(lengths[i] for i in b) for b in batches)
     assert padded < 1.25 * sum(lengths)  # random order pads ~2x here
     first = list(sampler)
-    assert list(LengthGroupedBatches(lengths, batch=32, seed=7, window=8)) == first
+    assert list(LengthGroupedBatches(lengths, batch=32, seed=7, window=8, shuffle_batches=True)) == first
     sampler.set_epoch(1)
     assert list(sampler) != first and sorted(sampler) == sorted(first)
-
-    runs = LengthGroupedBatches(lengths, batch=32, seed=7, window=8, shuffle_batches=False).batches()
-    within = [max(lengths[i] for i in b) for b in runs[:8]]
-    assert within == sorted(within, reverse=True)  # the Trainer's order: each window long to short
