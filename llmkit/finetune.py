@@ -57,13 +57,9 @@ def run(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> dict[s
         f"{labeled.describe_labels(train.labels, problem, names)}")
 
     # 3. placement and precision (sets up the process group under accelerate/torchrun)
-    from llmkit import devices, training
+    from llmkit import training
 
-    precision, why = devices.precision(cfg.precision)
-    args = training.training_arguments(cfg, run_dir.checkpoints, precision, **selection_arguments(cfg, metric))
-    attention, reason = modeling.resolve_attention(cfg.model.attn_implementation, args.device.type,
-                                                   modeling.model_type(cfg))
-    log(f"precision: {precision} ({why}); attention: {attention} ({reason})")
+    precision, args, attention = placement(cfg, run_dir, metric)
 
     # 4. tokenizer and model: the encoder of the checkpoint plus a fresh classification head
     tokenizer, model = classifier(cfg, problem, names, attention)
@@ -118,6 +114,19 @@ def check_settings(cfg: RunConfig) -> None:
         raise ConfigError(f"data.eval_split '{cfg.data.eval_split}' names a split of a `datasets` name, but --data is a "
                           f"local file or folder ({cfg.data.train[0]}), which has one split only: pass the evaluation "
                           f"file with --eval-data instead.")
+
+
+def placement(cfg: RunConfig, run_dir: outputs.RunDir, metric: str) -> tuple[str, Any, str]:
+    """(precision, TrainingArguments, attention) of a fine-tuning run, logged with their reasons. Building the
+    arguments sets up the process group under accelerate launch/torchrun."""
+    from llmkit import devices, training
+
+    precision, why = devices.precision(cfg.precision)
+    args = training.training_arguments(cfg, run_dir.checkpoints, precision, **selection_arguments(cfg, metric))
+    attention, reason = modeling.resolve_attention(cfg.model.attn_implementation, args.device.type,
+                                                   modeling.model_type(cfg))
+    log(f"precision: {precision} ({why}); attention: {attention} ({reason})")
+    return precision, args, attention
 
 
 def selection_arguments(cfg: RunConfig, metric: str) -> dict[str, Any]:

@@ -51,14 +51,9 @@ def run(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> dict[s
         f"{tagged.describe(train, names, scheme)}")
 
     # 3. placement and precision (sets up the process group under accelerate/torchrun)
-    from llmkit import devices, training
+    from llmkit import training
 
-    precision, why = devices.precision(cfg.precision)
-    args = training.training_arguments(cfg, run_dir.checkpoints, precision,
-                                       **finetune.selection_arguments(cfg, metric))
-    attention, reason = modeling.resolve_attention(cfg.model.attn_implementation, args.device.type,
-                                                   modeling.model_type(cfg))
-    log(f"precision: {precision} ({why}); attention: {attention} ({reason})")
+    precision, args, attention = finetune.placement(cfg, run_dir, metric)
 
     # 4. tokenizer and model: the encoder of the checkpoint plus a fresh token classification head
     tokenizer, model = tagger(cfg, names, attention)
