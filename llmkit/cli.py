@@ -236,21 +236,11 @@ def pretrain(
     set_: Sets = None,
 ) -> None:
     """Pretrain a masked language model (BERT-style), from scratch or from a checkpoint."""
-    _quiet_libraries()
-
-    def go():
-        from llmkit import config, pretrain as recipe_module
-
-        flags = {"data.train": data, "data.eval": eval_data, "model.name": model, "model.tokenizer": tokenizer,
-                 "model.arch": arch, "model.size": size, "output_dir": output_dir, "training.max_steps": max_steps,
-                 "training.num_train_epochs": epochs, "data.max_seq_length": max_seq_length, "precision": precision}
-        cfg = config.build("pretrain", recipe, flags, set_)
-        _launch(num_processes, _machines(num_machines, machine_rank, main_process_ip, main_process_port))  # after
-        # the config is valid: bad settings exit 2 before any launch
-        metrics = recipe_module.run(cfg, resume=resume, overwrite=overwrite)
-        _print_result(metrics, cfg.output_dir)
-
-    guarded(go)
+    flags = {"data.train": data, "data.eval": eval_data, "model.name": model, "model.tokenizer": tokenizer,
+             "model.arch": arch, "model.size": size, "output_dir": output_dir, "training.max_steps": max_steps,
+             "training.num_train_epochs": epochs, "data.max_seq_length": max_seq_length, "precision": precision}
+    _train("pretrain", recipe, flags, set_, num_processes,
+           (num_machines, machine_rank, main_process_ip, main_process_port), resume, overwrite)
 
 
 @app.command(epilog="""Examples:
@@ -296,20 +286,29 @@ def finetune(
     overwrite: Overwrite = False,
     set_: Sets = None,
 ) -> None:
-    """Fine-tune a sequence classifier (or regressor) on labeled data."""
+    """Fine-tune a sequence classifier (or regressor) or a token classifier (entities, tagging) on labeled data."""
+    flags = {"data.train": data, "data.eval": eval_data, "model.name": model, "data.text_column": text_column,
+             "data.text_pair_column": text_pair_column, "data.label_column": label_column,
+             "output_dir": output_dir, "training.max_steps": max_steps, "training.num_train_epochs": epochs,
+             "data.max_seq_length": max_seq_length, "precision": precision, "finetune.task": task}
+    _train("finetune", recipe, flags, set_, num_processes,
+           (num_machines, machine_rank, main_process_ip, main_process_port), resume, overwrite)
+
+
+def _train(command: str, recipe: str | None, flags: dict, sets: list[str] | None, num_processes: int | None,
+           machines: tuple, resume: bool, overwrite: bool) -> None:
+    """pretrain / finetune: the config from recipe < flags < --set, a launch when asked (only once the config is
+    valid: bad settings exit 2 before any launch), the run, and its result on stdout."""
     _quiet_libraries()
 
     def go():
-        from llmkit import config, finetune as recipe_module
+        import importlib
 
-        flags = {"data.train": data, "data.eval": eval_data, "model.name": model, "data.text_column": text_column,
-                 "data.text_pair_column": text_pair_column, "data.label_column": label_column,
-                 "output_dir": output_dir, "training.max_steps": max_steps, "training.num_train_epochs": epochs,
-                 "data.max_seq_length": max_seq_length, "precision": precision, "finetune.task": task}
-        cfg = config.build("finetune", recipe, flags, set_)
-        _launch(num_processes, _machines(num_machines, machine_rank, main_process_ip, main_process_port))  # after
-        # the config is valid: bad settings exit 2 before any launch
-        metrics = recipe_module.run(cfg, resume=resume, overwrite=overwrite)
+        from llmkit import config
+
+        cfg = config.build(command, recipe, flags, sets)
+        _launch(num_processes, _machines(*machines))
+        metrics = importlib.import_module(f"llmkit.{command}").run(cfg, resume=resume, overwrite=overwrite)
         _print_result(metrics, cfg.output_dir)
 
     guarded(go)
