@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -381,7 +382,8 @@ def process_tree(pid: int) -> list[int]:
     "once; 22 s more, kept out of the default run's budget: LLMKIT_TEST_KILLED=1 runs it"))], ids=["hung", "killed"])
 def test_a_lost_machine_stops_the_other_in_bounded_time(mlm_setup, tmp_path, how):
     """Machine 1 of 2 hangs (SIGSTOP of its process tree: its sockets stay open) or dies (SIGKILL): machine 0 stops
-    within training.ddp_timeout (here 5 s) plus a heartbeat, naming the lost machine and how to resume."""
+    within training.ddp_timeout (here 5 s) plus a heartbeat, naming the lost machine and how to resume; the same
+    command with --resume on both machines then finishes the run from the last checkpoint."""
     import contextlib
     import signal
     import time
@@ -391,21 +393,25 @@ def test_a_lost_machine_stops_the_other_in_bounded_time(mlm_setup, tmp_path, how
     from tests.conftest import OFFLINE
 
     model, corpus, _ = mlm_setup
-    port = free_port()
-    machines = []
-    for rank in (0, 1):  # torchrun's own multi-node form (the llmkit-options form is tested above)
-        env = {**os.environ, **OFFLINE, **cpu_env(tmp_path / f"m{rank}")}
-        env.pop("LLMKIT_DEBUG", None)
-        command = [*tool("torchrun"), "--nnodes", "2", "--node-rank", str(rank), "--nproc-per-node", "1",
-                   "--master-addr", "127.0.0.1", "--master-port", str(port), "-m", "llmkit", "pretrain", "--model",
-                   str(model), "--data", str(corpus), "-o", str(tmp_path / "run"), *STEPS, "--max-steps", "100000",
-                   "--set", "training.logging_steps=1", "--set", "training.ddp_timeout=5", "--set",
-                   "training.per_device_train_batch_size=4"]
-        machines.append(subprocess.Popen(command, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                         start_new_session=True))
+
+    def launch(*extra: str) -> list:
+        port, machines = free_port(), []
+        for rank in (0, 1):  # torchrun's own multi-node form (the llmkit-options form is tested above)
+            env = {**os.environ, **OFFLINE, **cpu_env(tmp_path / f"m{rank}")}
+            env.pop("LLMKIT_DEBUG", None)
+            command = [*tool("torchrun"), "--nnodes", "2", "--node-rank", str(rank), "--nproc-per-node", "1",
+                       "--master-addr", "127.0.0.1", "--master-port", str(port), "-m", "llmkit", "pretrain",
+                       "--model", str(model), "--data", str(corpus), "-o", str(tmp_path / "run"), *STEPS,
+                       "--max-steps", "60", "--set", "training.logging_steps=1", "--set", "training.save_steps=5",
+                       "--set", "training.ddp_timeout=5", "--set", "training.per_device_train_batch_size=4", *extra]
+            machines.append(subprocess.Popen(command, env=env, text=True, stdout=subprocess.PIPE,
+                                             stderr=subprocess.PIPE, start_new_session=True))
+        return machines
+
+    machines = launch()
     try:
         for line in machines[0].stderr:
-            if "step 3/" in line:
+            if "step 6/" in line:  # checkpoint-5 is written
                 break
         lost = time.perf_counter()
         for pid in process_tree(machines[1].pid):  # torchrun starts its workers in sessions of their own
@@ -422,6 +428,12 @@ def test_a_lost_machine_stops_the_other_in_bounded_time(mlm_setup, tmp_path, how
     assert "llmkit: error: lost machine 1 (ranks 1-1)" in err and "--resume" in err, err[-3000:]
     assert took < (5 + 10 if how == "SIGSTOP" else 10), took
     print(f"{how}: machine 0 stopped {took:.1f} s after machine 1 was lost")
+
+    resumed = launch("--resume")
+    (_, err0), (_, err1) = (m.communicate(timeout=300) for m in resumed)
+    assert [m.returncode for m in resumed] == [0, 0], (err0[-2000:], err1[-2000:])
+    assert re.search(r"resuming from .*checkpoint-(5|10|15)\b", err0), err0[-2000:]
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["steps"] == 60
 
 
 def test_a_silent_machine_counts_as_lost_after_three_minutes_unless_ddp_timeout_is_set(tmp_path):
