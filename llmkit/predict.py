@@ -69,8 +69,8 @@ def tag(tagger: inference.Loaded, rows: list[str], output: str | None, as_json: 
     records = [{"text": text, "entities": found} for text, found in zip(rows, entities.find(tagger, rows, batch_size))]
     if output is not None:
         path = Path(output).expanduser()
-        if path.suffix.lower() == ".jsonl":
-            path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+        if path.suffix.lower() == ".jsonl":  # full records, as for every prediction file
+            outputs.write_predictions(path, records)
         else:
             write_entity_table(path, records)
         log(f"wrote the entities of {len(records):,} texts to {output}")

@@ -347,7 +347,8 @@ def test_finetune_learns_entities_and_writes_predictions(ner_run):
     assert "pipeline_tag: token-classification" in card and "aggregation_strategy" in card
 
 
-def test_predict_gives_the_pipeline_entities_and_serve_answers_the_inference_api(ner_run, monkeypatch, capsys):
+def test_predict_gives_the_pipeline_entities_and_serve_answers_the_inference_api(ner_run, monkeypatch, capsys,
+                                                                                   tmp_path):
     from huggingface_hub import InferenceClient, constants
     from transformers import pipeline
 
@@ -368,6 +369,13 @@ def test_predict_gives_the_pipeline_entities_and_serve_answers_the_inference_api
                 [(e["entity_group"], e["word"], e["start"], e["end"]) for e in expected]
             assert [e["score"] for e in record["entities"]] == \
                 pytest.approx([float(e["score"]) for e in expected], abs=1e-4)
+
+        predict.main(str(out), texts, output=str(tmp_path / "e.jsonl"), runtime="torch", device="cpu")
+        assert [json.loads(line) for line in (tmp_path / "e.jsonl").read_text().splitlines()] == printed
+        predict.main(str(out), texts, output=str(tmp_path / "e.csv"), runtime="torch", device="cpu")
+        table = (tmp_path / "e.csv").read_text(encoding="utf-8").splitlines()
+        assert table[0] == "text,entity_group,score,word,start,end"
+        assert len(table) == 1 + sum(len(r["entities"]) for r in printed)
 
         monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # a local URL
         client = InferenceClient(base_url=f"http://127.0.0.1:{port}/models/{out.name}")
