@@ -29,6 +29,7 @@ Variants (`--variants`; one seed = one run):
   the end of training changes nothing: the model scored is the last one);
 - llmkit-window-N: llmkit with length-sorted windows of N batches (finetune.group_window) instead of the
   Trainer's rule (up to 50, at least 4 windows);
+- llmkit-batch-N: llmkit with a training batch of N (training.per_device_train_batch_size);
 - llmkit-<lever>: llmkit with one lever switched back to what the plain script does (see LEVERS; `fp32` only
   where llmkit would train in bf16, i.e. on a CPU with native bf16 or a GPU: add it with --variants).
 
@@ -92,8 +93,9 @@ DEFAULT_VARIANTS = ("plain", "plain-defaults", "plain-matched", "llmkit", *(f"ll
 # ---------------------------------------------------------------- data
 
 
-def make_dataset(name: str) -> dict[str, Any]:
-    labels, per_train, per_test, epochs = DATASETS[name]
+def make_dataset(name: str, epochs: float | None = None) -> dict[str, Any]:
+    labels, per_train, per_test, default_epochs = DATASETS[name]
+    epochs = epochs or default_epochs
     rows = speed.topic_examples(labels, per_train + per_test, seed=42)
     folder = WORK / f"{name}-{os.getpid()}"  # several benchmark processes may run at once
     train, test, majority = speed.write_split(rows, per_test, folder)
@@ -182,9 +184,11 @@ def llmkit_sets(variant: str, ds: dict[str, Any]) -> list[str]:
         return []
     if lever.startswith("window-") and lever[7:].isdigit():
         return [f"finetune.group_window={lever[7:]}"]
+    if lever.startswith("batch-") and lever[6:].isdigit():
+        return [f"training.per_device_train_batch_size={lever[6:]}"]
     if lever in LEVERS and variant.startswith("llmkit-"):
         return LEVERS[lever][0]
-    raise SystemExit(f"unknown variant '{variant}'; known: {', '.join(PLAIN)}, llmkit, llmkit-window-N, "
+    raise SystemExit(f"unknown variant '{variant}'; known: {', '.join(PLAIN)}, llmkit, llmkit-window-N, llmkit-batch-N, "
                      + ", ".join(f"llmkit-{k}" for k in LEVERS))
 
 
@@ -194,7 +198,8 @@ LEDGER = WORK / "runs.jsonl"  # one line per finished run: a rerun (or a paralle
 
 
 def run_key(ds: dict[str, Any], model: str) -> dict[str, Any]:
-    return {"dataset": ds["name"], "spec": list(map(str, DATASETS[ds["name"]][1:])), "model": model, "seq": SEQ,
+    labels, per_train, per_test, _ = DATASETS[ds["name"]]
+    return {"dataset": ds["name"], "spec": [str(per_train), str(per_test), str(float(ds["epochs"]))], "model": model, "seq": SEQ,
             "batch": BATCH, "lr": LR}
 
 
@@ -335,6 +340,7 @@ def main() -> None:
     parser.add_argument("--variants", default=None, help=f"comma-separated (default: {', '.join(DEFAULT_VARIANTS)})")
     parser.add_argument("--seeds", default="1,2,3,4,5", help="comma-separated training seeds")
     parser.add_argument("--fresh", action="store_true", help=f"rerun every run, even those recorded in {LEDGER.name}")
+    parser.add_argument("--epochs", type=float, default=None, help="epochs of every run (default: the data set's)")
     parser.add_argument("--pipeline", action="store_true", help="also pretrain -> finetune (see the docstring)")
     parser.add_argument("--pipeline-steps", type=int, default=200, help="pretraining steps of each side")
     parser.add_argument("--model", default=None, help="encoder checkpoint (default: the MiniLM-L6 of "
@@ -349,7 +355,7 @@ def main() -> None:
     report: dict[str, Any] = {"machine": before, "model": model, "seeds": seeds, "learning_rate": LR, "batch": BATCH,
                               "max_seq_length": SEQ, "levers": {k: v for k, v in LEVERS.items()}, "datasets": {}}
     for name in names:
-        ds = make_dataset(name)
+        ds = make_dataset(name, opts.epochs)
         common.log(f"{name}: {ds['labels']} labels, {ds['train_examples']} training and {ds['test_examples']} test "
                    f"examples, {ds['epochs']:g} epoch(s); variants {', '.join(variants)}; seeds {seeds}")
         done = {} if opts.fresh else finished_runs(ds, model)
