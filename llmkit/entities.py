@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from llmkit import inference
+from llmkit.errors import ConfigError
 
 
 def window_logits(loaded: Any, ids: Sequence[Sequence[int]], types: Sequence[Sequence[int]] | None,
@@ -44,9 +45,12 @@ def find(loaded: Any, texts: Sequence[str], batch_size: int = 64, stride: int | 
          ignore_labels: Sequence[str] = ("O",)) -> list[list[dict[str, Any]]]:
     """The entities of each text (see the module's docstring)."""
     tokenizer = loaded.tokenizer
-    stride = default_stride(loaded.window) if stride is None else stride
-    specials = tokenizer.backend_tokenizer.num_special_tokens_to_add(False)
-    stride = min(stride, max(0, loaded.window - specials - 1))  # the tokenizer needs room to move on
+    room = loaded.window - tokenizer.backend_tokenizer.num_special_tokens_to_add(False) - 1
+    if stride is None:
+        stride = min(default_stride(loaded.window), max(0, room))
+    elif stride > room:  # the tokenizer needs at least one new piece per window to move on
+        raise ConfigError(f"stride {stride} leaves no room in the model's window of {loaded.window} pieces; "
+                          f"give a stride of at most {max(0, room)}")
     encoder = inference.backend(tokenizer, loaded.window, stride)
     chunks, owner = [], []
     for t, encoding in enumerate(encoder.encode_batch(list(texts), add_special_tokens=True)):
@@ -86,15 +90,17 @@ def pre_entities(tokenizer: Any, text: str, chunk: Any, scores: np.ndarray) -> l
 
 
 def _tag(name: str) -> tuple[str, str]:
-    if name.startswith("B-"):
-        return "B", name[2:]
-    if name.startswith("I-"):
-        return "I", name[2:]
-    return "I", name  # not B-/I-: a continuation, as the pipeline reads it
+    """(position, type) of a tag name: B-, I-, and BIOES's E- (an entity's last piece) and S- (an entity of one
+    piece); any other name is a continuation of its own type, as the pipeline reads it."""
+    if name[:2] in ("B-", "I-", "E-", "S-"):
+        return name[0], name[2:]
+    return "I", name
 
 
 def group_entities(pieces: list[dict[str, Any]], id2label: dict[int, str], tokenizer: Any) -> list[dict[str, Any]]:
-    """Adjacent pieces with the same type join unless the next one is B- (the pipeline's `group_entities`)."""
+    """Adjacent pieces with the same type join unless the next one is B- (the pipeline's `group_entities`).
+    With BIOES tags an entity also ends at an E- or S- piece and an S- piece starts one: the pipeline would read
+    E-PER and S-PER as types of their own and split every entity before its last piece."""
     tagged = []
     for p in pieces:
         best = int(p["scores"].argmax())
@@ -102,9 +108,9 @@ def group_entities(pieces: list[dict[str, Any]], id2label: dict[int, str], token
     groups, current = [], []
     for entity in tagged:
         if current:
-            bi, tag = _tag(entity["entity"])
-            _, last = _tag(current[-1]["entity"])
-            if tag == last and bi != "B":
+            position, kind = _tag(entity["entity"])
+            last_position, last = _tag(current[-1]["entity"])
+            if kind == last and position in ("I", "E") and last_position not in ("E", "S"):
                 current.append(entity)
                 continue
             groups.append(_group(current, tokenizer))

@@ -310,6 +310,41 @@ def test_entities_match_the_pipeline_on_latin_cjk_unknown_and_long_texts(random_
     assert sum(len(found) for found in ours) > 5
 
 
+def test_bioes_entities_end_at_e_and_s_pieces(tokenizer_folder):
+    """B-/I-/E- join into one entity and S- is one on its own (the pipeline would split before each E-/S-);
+    a BIO tag set groups as the pipeline does."""
+    import numpy as np
+    from transformers import AutoTokenizer
+
+    from llmkit import entities
+
+    names = ["O", "B-PER", "I-PER", "E-PER", "S-PER", "S-LOC"]
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_folder)
+    words = ["alpha", "beta", "gamma", "delta", "eta", "zeta", "theta", "iota"]
+    tags = ["B-PER", "I-PER", "E-PER", "S-PER", "S-PER", "O", "E-PER", "S-LOC"]
+    pieces, start = [], 0
+    for word, tag in zip(words, tags):
+        scores = np.full(len(names), 0.02, dtype=np.float32)
+        scores[names.index(tag)] = 0.9
+        pieces.append({"word": word, "scores": scores, "start": start, "end": start + len(word)})
+        start += len(word) + 1
+    found = [e for e in entities.group_entities(pieces, dict(enumerate(names)), tokenizer) if e["entity_group"] != "O"]
+    assert [(e["entity_group"], e["word"]) for e in found] == [
+        ("PER", "alpha beta gamma"), ("PER", "delta"), ("PER", "eta"), ("PER", "theta"), ("LOC", "iota")]
+    assert found[0]["start"] == 0 and found[0]["end"] == len("alpha beta gamma")
+
+
+def test_a_stride_without_room_in_the_window_is_refused(random_tagger):
+    from llmkit import entities, inference
+    from llmkit.errors import ConfigError
+
+    loaded = inference.load(random_tagger, "token-classification", "cpu", "fp32", runtime="torch")
+    assert entities.find(loaded, [" ".join(WORDS)], stride=21)  # 24 - [CLS] - [SEP] - 1
+    with pytest.raises(ConfigError, match="stride 22 leaves no room in the model's window of 24 pieces; give a "
+                                          "stride of at most 21"):
+        entities.find(loaded, ["alpha beta"], stride=22)
+
+
 # ---------------------------------------------------------------- one real run
 
 
