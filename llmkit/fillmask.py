@@ -272,16 +272,25 @@ def _head_in_fp32(module: Any) -> None:
     In bf16 the head's rounding alone reorders close candidates (on a pretrained mini BERT, 1 in 4 top-5 lists);
     with the encoder in bf16 and the head in fp32, top-5 lists match fp32 on >99% of texts, scores within ~1e-4,
     and most of the speed-up remains (the encoder is most of the work once the head runs only at the masks).
+    torch's public module hooks do it: the pre-hook leaves autocast and casts the input, the forward hook (run even
+    when the forward raises) restores autocast.
     """
     import torch
 
-    inner = module.forward
+    entered: list[Any] = []
 
-    def forward(hidden_states, *args, **kwargs):
-        with torch.autocast(hidden_states.device.type, enabled=False):
-            return inner(hidden_states.float(), *args, **kwargs)
+    def leave_autocast(module: Any, args: tuple) -> tuple:
+        context = torch.autocast(args[0].device.type, enabled=False)
+        context.__enter__()
+        entered.append(context)
+        return (args[0].float(), *args[1:])
 
-    module.forward = forward
+    def restore_autocast(module: Any, args: tuple, output: Any) -> None:
+        if entered:
+            entered.pop().__exit__(None, None, None)
+
+    module.register_forward_pre_hook(leave_autocast)
+    module.register_forward_hook(restore_autocast, always_call=True)
 
 
 # ---------------------------------------------------------------- tokenizing

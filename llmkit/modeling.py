@@ -314,8 +314,9 @@ class MaskedPositionsHead:
     """Makes an MLM model's prediction head run only on the positions selected for the current step.
 
     The vocabulary projection dominates the cost of small BERTs; computing it only where labels exist
-    (~15% of tokens) gives the same loss and gradients. The head's `forward` is wrapped on the instance,
-    so the model's parameters, state dict, `save_pretrained` and distributed wrappers are untouched.
+    (~15% of tokens) gives the same loss and gradients. A forward pre-hook (torch's public module hook) gathers
+    the head's input, so the model's parameters, methods, state dict, `save_pretrained` and distributed wrappers
+    are untouched.
     """
 
     def __init__(self, model: Any):
@@ -329,16 +330,22 @@ class MaskedPositionsHead:
                 break
         self.positions: Any = None
         if self.head is not None:
-            original = self.head.forward
+            self.head.register_forward_pre_hook(self._gather, with_kwargs=True)
 
-            def forward(hidden_states, *args, **kwargs):
-                if self.positions is not None:  # flat indices (no sync), or a boolean mask
-                    positions = self.positions
-                    hidden_states = hidden_states[positions] if positions.dtype == torch.bool else \
-                        hidden_states.flatten(0, -2).index_select(0, positions)
-                return original(hidden_states, *args, **kwargs)
+    def _gather(self, module: Any, args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict[str, Any]] | None:
+        import torch
 
-            self.head.forward = forward
+        if self.positions is None:
+            return None
+        positions = self.positions  # flat indices (no sync), or a boolean mask
+
+        def gathered(hidden_states: Any) -> Any:
+            return hidden_states[positions] if positions.dtype == torch.bool else \
+                hidden_states.flatten(0, -2).index_select(0, positions)
+
+        if args:
+            return (gathered(args[0]), *args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": gathered(kwargs["hidden_states"])}
 
     @property
     def available(self) -> bool:
