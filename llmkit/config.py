@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import functools
 import types
 import typing
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ from typing import Any, Literal
 
 import yaml
 
+from llmkit import hf_compat
 from llmkit.errors import ConfigError, did_you_mean
 
 RECIPES_DIR = Path(__file__).parent / "recipes"  # also at the repository root as recipes/
@@ -436,7 +436,7 @@ def _number(value: Any) -> int | float | None:
 def check_training_keys(training: dict[str, Any]) -> None:
     """Every ``training`` key must be a TrainingArguments field that llmkit does not manage itself, and
     simple-typed values (numbers, booleans, strings) must have the field's type; numbers are coerced in place."""
-    fields = training_fields()
+    fields = hf_compat.training_fields()
     for key in list(training):
         if key in RESERVED_TRAINING_KEYS or key == "logging_dir":
             hint = {"output_dir": "--output-dir", "seed": "--set seed=N", "logging_dir": "--output-dir",
@@ -454,28 +454,6 @@ def check_training_keys(training: dict[str, Any]) -> None:
 
 
 SIMPLE_TYPES = {"int": int, "float": float, "bool": bool, "str": str}
-
-
-@functools.cache
-def training_fields() -> dict[str, str]:
-    """TrainingArguments' init fields and their annotations, read from the installed transformers' source with
-    `ast`: checking `training.*` settings costs ~10 ms instead of importing transformers and torch (~3 s)."""
-    import ast
-    import importlib.util
-
-    spec = importlib.util.find_spec("transformers")
-    source = Path(spec.submodule_search_locations[0]) / "training_args.py"
-    tree = ast.parse(source.read_text(encoding="utf-8"))
-    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "TrainingArguments")
-    fields = {}
-    for node in cls.body:
-        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
-            call = node.value if isinstance(node.value, ast.Call) else None
-            init = next((k.value.value for k in (call.keywords if call else []) if k.arg == "init"
-                         and isinstance(k.value, ast.Constant)), True)
-            if init:
-                fields[node.target.id] = ast.unparse(node.annotation)
-    return fields
 
 
 def dump(run: RunConfig) -> str:

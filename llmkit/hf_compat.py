@@ -1,15 +1,51 @@
-"""The few places where llmkit relies on transformers / accelerate internals, fenced in one module.
+"""The few places where llmkit relies on transformers / accelerate / datasets internals, fenced in one module.
 
 Each function says which internal it touches and why no public API does the job. tests/test_hf_compat.py
 checks every one against the installed versions, so an upgrade that moves them fails loudly in one place.
+No other module of llmkit names a private attribute of those libraries; `PRIVATE_NAMES` lists all it uses.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import os
+from pathlib import Path
 from typing import Any
+
+PRIVATE_NAMES = (  # every private name of another library used here, each with a canary in tests/test_hf_compat.py
+    "transformers.Trainer._get_train_sampler", "transformers.Trainer._get_eval_sampler",
+    "transformers.Trainer._save_checkpoint", "transformers.Trainer._prepare_inputs",
+    "transformers.Trainer._train_batch_size", "transformers.TrainingArguments._n_gpu",
+    "transformers.PreTrainedModel._no_split_modules", "transformers.PreTrainedModel._supports_sdpa",
+    "transformers.PreTrainedModel._supports_flash_attn", "transformers.PreTrainedModel._supports_flex_attn",
+    "datasets.Dataset._fingerprint",
+)
+
+@functools.cache
+def training_fields() -> dict[str, str]:
+    """TrainingArguments' init fields and their annotations, read from the installed transformers' source with
+    `ast` (the one place llmkit reads a library's source): `dataclasses.fields(TrainingArguments)` would import
+    transformers and torch (~3 s) before a misspelt `--set training.*` could fail, and bad input fails in a
+    fraction of a second without them (tests/test_cli.py). The canary compares the two on every test run."""
+    import ast
+    import importlib.util
+
+    spec = importlib.util.find_spec("transformers")
+    source = Path(spec.submodule_search_locations[0]) / "training_args.py"
+    tree = ast.parse(source.read_text(encoding="utf-8"))
+    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "TrainingArguments")
+    fields = {}
+    for node in cls.body:
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            call = node.value if isinstance(node.value, ast.Call) else None
+            init = next((k.value.value for k in (call.keywords if call else []) if k.arg == "init"
+                         and isinstance(k.value, ast.Constant)), True)
+            if init:
+                fields[node.target.id] = ast.unparse(node.annotation)
+    return fields
+
 
 # accelerate reads the mixed precision of `accelerate launch` (and of an Accelerate config) from this variable.
 MIXED_PRECISION_ENV = "ACCELERATE_MIXED_PRECISION"
@@ -48,14 +84,14 @@ def metric_key_prefix(args: tuple, kwargs: dict[str, Any]) -> str:
     return bound.arguments.get("metric_key_prefix", signature.parameters["metric_key_prefix"].default)
 
 
-def fsdp_per_layer_units(trainer: Any) -> None:
+def fsdp_per_layer_units(trainer: Any, units: Any) -> None:
     """Make an FSDP run wrap the model's own layer class, and reduce gradients in fp32.
 
     accelerate's TRANSFORMER_BASED_WRAP reads `fsdp_plugin.transformer_cls_names_to_wrap` when it prepares the
     model (accelerate/utils/fsdp_utils.py, `fsdp2_prepare_auto_wrap_policy`); unset, it takes all of
     `_no_split_modules`, embeddings included (split from the tied head), and a name written for one family
-    (BertLayer) wraps nothing in the others. Unset, llmkit sets it to `modeling.fsdp_units(model)`. Mixed precision
-    from accelerate reduces gradients in bf16/fp16 (`set_mixed_precision`: reduce_dtype = param_dtype); that
+    (BertLayer) wraps nothing in the others. Unset, llmkit sets it to `units(model)` (`modeling.fsdp_units`).
+    Mixed precision from accelerate reduces gradients in bf16/fp16 (`set_mixed_precision`: reduce_dtype = param_dtype); that
     policy becomes an fp32 reduction (sums over many ranks keep their bits; parameters still compute in bf16)."""
     plugin = getattr(trainer.accelerator.state, "fsdp_plugin", None)
     if not getattr(trainer, "is_fsdp_enabled", False) or plugin is None:
@@ -66,11 +102,10 @@ def fsdp_per_layer_units(trainer: Any) -> None:
         import torch
 
         from llmkit.console import log
-        from llmkit.modeling import fsdp_units
 
         for obj in objects:
             if isinstance(obj, torch.nn.Module) and plugin.transformer_cls_names_to_wrap is None:
-                plugin.transformer_cls_names_to_wrap = fsdp_units(obj)
+                plugin.transformer_cls_names_to_wrap = units(obj)
                 log(f"FSDP: one unit per {', '.join(plugin.transformer_cls_names_to_wrap)} (the model's layers)")
         policy = plugin.mixed_precision_policy
         if policy is not None and getattr(policy, "param_dtype", None) in (torch.bfloat16, torch.float16) and \
@@ -138,3 +173,62 @@ def head_shares_parameters(model: Any) -> bool:
     shared = {id(p) for p in outputs.parameters()}
     return any(id(p) in shared for module in model.modules() if module is not inputs and module is not outputs
                for p in module.parameters(recurse=False))
+
+
+# ---------------------------------------------------------------- the Trainer's private steps
+
+
+class TrainerHooks:
+    """Put before `transformers.Trainer` in a subclass's bases: the Trainer's private steps llmkit changes, each
+    forwarded to a public-named method that llmkit's trainers override.
+
+    - `_get_train_sampler` -> `train_sampler(default, dataset)`: the Trainer takes no sampler argument, and
+      `get_train_dataloader` would have to be copied whole to change only its sampler;
+    - `_get_eval_sampler` -> `eval_sampler(default, dataset)`: the same for evaluation;
+    - `_save_checkpoint` -> the `saving_checkpoint()` context around it: no callback sees a checkpoint write fail.
+    """
+
+    def _get_train_sampler(self, train_dataset=None):
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        return self.train_sampler(super()._get_train_sampler(train_dataset), dataset)
+
+    def _get_eval_sampler(self, eval_dataset):
+        return self.eval_sampler(super()._get_eval_sampler(eval_dataset), eval_dataset)
+
+    def _save_checkpoint(self, model, trial):
+        with self.saving_checkpoint():
+            super()._save_checkpoint(model, trial)
+
+    def train_sampler(self, default: Any, dataset: Any) -> Any:
+        return default
+
+    def eval_sampler(self, default: Any, dataset: Any) -> Any:
+        return default
+
+    def saving_checkpoint(self) -> Any:
+        return contextlib.nullcontext()
+
+
+def prepare_inputs(trainer: Any, inputs: dict[str, Any]) -> dict[str, Any]:
+    """A batch moved to the trainer's device as its own steps move it (`Trainer._prepare_inputs`), for a
+    `prediction_step` that does not call the Trainer's."""
+    return trainer._prepare_inputs(inputs)
+
+
+def attention_flags(model_class: Any) -> dict[str, bool]:
+    """Which attention kernels a transformers model class supports: its `_supports_*` class flags (no public
+    query answers it before a model is built)."""
+    return {"flash": bool(getattr(model_class, "_supports_flash_attn", False)),
+            "flex": bool(getattr(model_class, "_supports_flex_attn", False)),
+            "sdpa": bool(getattr(model_class, "_supports_sdpa", False))}
+
+
+def no_split_modules(model: Any) -> list[str]:
+    """The layer classes a model says must not be split across devices (`_no_split_modules`)."""
+    return list(getattr(model, "_no_split_modules", None) or [])
+
+
+def fingerprint(table: Any) -> str:
+    """The hash `datasets` keeps of a table's content and history (`Dataset._fingerprint`; the cache files are
+    named by it): changes whenever the table does, read without hashing the rows again."""
+    return table._fingerprint

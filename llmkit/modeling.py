@@ -8,6 +8,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from llmkit import hf_compat
 from llmkit.config import ARCHS
 from llmkit.errors import ConfigError, ModelError
 
@@ -40,11 +41,10 @@ def check_model(cfg: Any) -> None:
     check_model_path(cfg.model.name)
     path = Path(cfg.model.name).expanduser() / "config.json"
     if path.is_file():
-        import json
-        from types import SimpleNamespace
+        from llmkit import ort
 
         try:
-            config = SimpleNamespace(**json.loads(path.read_text(encoding="utf-8")))
+            config = ort.read_config(path.parent)
         except (ValueError, TypeError, UnicodeDecodeError) as e:
             raise ModelError(f"'{path}' is not a valid config.json ({e}). Give a model folder written by "
                              f"save_pretrained.") from None
@@ -213,7 +213,7 @@ def max_positions(config: Any) -> int | None:
         return None
     # RoBERTa-style models reserve padding_idx + 1 positions.
     if getattr(config, "model_type", "") in ("roberta", "xlm-roberta", "camembert", "longformer"):
-        value -= (config.pad_token_id or 0) + 1
+        value -= (getattr(config, "pad_token_id", None) or 0) + 1
     return int(value)
 
 
@@ -257,9 +257,7 @@ def attention_support(model_type: str | None) -> dict[str, bool]:
     model_class = getattr(transformers, MODEL_FOR_MASKED_LM_MAPPING_NAMES.get(model_type, ""), None)
     if model_class is None:
         return {}
-    return {"flash": bool(getattr(model_class, "_supports_flash_attn", False)),
-            "flex": bool(getattr(model_class, "_supports_flex_attn", False)),
-            "sdpa": bool(getattr(model_class, "_supports_sdpa", False))}
+    return hf_compat.attention_flags(model_class)
 
 
 def model_type(cfg: Any) -> str:
@@ -279,7 +277,7 @@ def fsdp_units(model: Any) -> list[str]:
     counts: dict[str, int] = {}
     for module in model.modules():
         counts[type(module).__name__] = counts.get(type(module).__name__, 0) + 1
-    named = [name for name in getattr(model, "_no_split_modules", None) or [] if counts.get(name) == layers]
+    named = [name for name in hf_compat.no_split_modules(model) if counts.get(name) == layers]
     if named:
         return named
     lists = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList) and len(m) == layers and

@@ -129,6 +129,8 @@ class Config(SimpleNamespace):
 
 def read_config(folder: str | Path) -> Config:
     raw = json.loads((Path(folder).expanduser() / "config.json").read_text(encoding="utf-8"))
+    if not isinstance(raw, dict):
+        raise ValueError(f"a JSON object of settings was expected, found a {type(raw).__name__}")
     if isinstance(raw.get("id2label"), dict):  # JSON keys are strings; transformers' config gives ints
         raw["id2label"] = {int(k): v for k, v in raw["id2label"].items()}
     raw.setdefault("problem_type", None)

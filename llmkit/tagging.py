@@ -161,10 +161,10 @@ def make_trainer(cfg: RunConfig, args: Any, model: Any, tokenizer: Any, train_wi
         """Evaluations in dataset order (the Trainer groups them by length when training does): `word_metrics`
         reads each word from its windows by position."""
 
-        def _get_eval_sampler(self, eval_dataset):
+        def eval_sampler(self, sampler, dataset):
             import torch
 
-            return torch.utils.data.SequentialSampler(eval_dataset) if self.args.world_size <= 1 else None
+            return torch.utils.data.SequentialSampler(dataset) if self.args.world_size <= 1 else sampler
 
     return finetune.shared_trainer(cfg, args, model, tokenizer, train_windows.features, eval_windows.features,
                                    collator, word_metrics(eval_windows, held_out, names), metric, unit="windows",

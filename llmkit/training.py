@@ -20,7 +20,7 @@ from llmkit.console import log
 from llmkit.devices import has_accelerator
 from llmkit.dropout import CheapDropout
 from llmkit.errors import ConfigError, RunError
-from llmkit.modeling import MaskedPositionsHead
+from llmkit.modeling import MaskedPositionsHead, fsdp_units
 
 SIGNAL_CHECK_STEPS = 10  # launched runs agree on stopping (after Ctrl-C / SIGTERM) every this many steps
 
@@ -118,7 +118,7 @@ def effective_batch_size(args: TrainingArguments, trainer: Trainer | None = None
     return per_device * args.gradient_accumulation_steps * args.world_size
 
 
-class SeededTrainer(Trainer):
+class SeededTrainer(hf_compat.TrainerHooks, Trainer):
     """`Trainer` whose length-grouped batches are drawn from (data seed, epoch) over whole optimizer steps.
 
     With `train_sampling_strategy="group_by_length"` the order is `LengthGroupedBatches`: seeded per epoch (the
@@ -137,7 +137,7 @@ class SeededTrainer(Trainer):
         self.cheap_dropout = cheap_dropout and self.args.device.type == "cpu" and not self.args.torch_compile
         self.group_window, self.shuffle_batches = group_window, shuffle_batches
         self.add_callback(ExactResume())
-        hf_compat.fsdp_per_layer_units(self)
+        hf_compat.fsdp_per_layer_units(self, fsdp_units)
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         with CheapDropout() if self.cheap_dropout else contextlib.nullcontext():
@@ -151,7 +151,10 @@ class SeededTrainer(Trainer):
             return [], None
         return super().get_batch_samples(epoch_iterator, num_batches, *args, **kwargs)
 
-    def _save_checkpoint(self, model, trial):
+    @contextlib.contextmanager
+    def saving_checkpoint(self):
+        """A failed checkpoint write (disk full, ...) is one line, and our own half-written checkpoint is removed;
+        older checkpoints are rotated out only after this one is written."""
         from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
         from llmkit import outputs
@@ -159,7 +162,7 @@ class SeededTrainer(Trainer):
         folder = Path(self.args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
         existed = folder.exists()
         try:
-            super()._save_checkpoint(model, trial)  # older checkpoints are rotated out only after this one is written
+            yield
         except (OSError, RuntimeError) as e:
             if not outputs.is_write_failure(e):
                 raise
@@ -169,8 +172,7 @@ class SeededTrainer(Trainer):
                 shutil.rmtree(folder, ignore_errors=True)  # our own half-written checkpoint: give its space back
             raise RunError(outputs.write_failure("checkpoint", folder, e, folder.parent.parent)) from None
 
-    def _get_train_sampler(self, train_dataset=None):
-        sampler = super()._get_train_sampler(train_dataset)
+    def train_sampler(self, sampler, dataset):
         if isinstance(sampler, LengthGroupedSampler):
             per_device = hf_compat.train_batch_size(self)
             step = per_device * self.args.gradient_accumulation_steps * self.args.world_size
@@ -330,11 +332,10 @@ class MLMTrainer(SeededTrainer):
         self.model_accepts_loss_kwargs = True  # ask the Trainer for num_items_in_batch
         hf_compat.keep_tied_head_in_root_fsdp_group(self)
 
-    def _get_train_sampler(self, train_dataset=None):
+    def train_sampler(self, sampler, dataset):
         """Blocks in a keyed order per (data seed, epoch): O(1) memory, the same on every rank (data.KeyedShuffle)."""
         from llmkit.data import KeyedShuffle
 
-        dataset = train_dataset if train_dataset is not None else self.train_dataset
         seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
         return KeyedShuffle(len(dataset), seed)
 
@@ -355,7 +356,7 @@ class MLMTrainer(SeededTrainer):
         return (loss, None) if return_outputs else loss
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
-        inputs = self._prepare_inputs(inputs)
+        inputs = hf_compat.prepare_inputs(self, inputs)
         with torch.no_grad(), self.compute_loss_context_manager():
             logits, labels, index = mlm_logits(model, inputs, self.masked_head)
             token_loss = F.cross_entropy(logits.float(), labels, reduction="none")  # 0 where labels are -100

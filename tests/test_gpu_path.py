@@ -123,7 +123,7 @@ def test_an_fsdp_trainer_wraps_the_models_layers_and_reduces_in_fp32():
     prepared = []
     accelerator = SimpleNamespace(state=SimpleNamespace(fsdp_plugin=plugin), prepare=lambda *o: prepared.extend(o))
     trainer = SimpleNamespace(accelerator=accelerator, is_fsdp_enabled=True)
-    hf_compat.fsdp_per_layer_units(trainer)
+    hf_compat.fsdp_per_layer_units(trainer, modeling.fsdp_units)
     model = modeling.build_mlm("modernbert", "tiny", tiny_tokenizer(), 64, "eager")
     trainer.accelerator.prepare(model)
     assert prepared == [model] and plugin.transformer_cls_names_to_wrap == ["ModernBertEncoderLayer"]

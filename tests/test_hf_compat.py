@@ -49,10 +49,10 @@ def test_training_fields_read_from_source_equal_the_dataclass():
     from transformers import TrainingArguments
 
     real = {f.name for f in dataclasses.fields(TrainingArguments) if f.init}
-    assert set(config.training_fields()) == real
+    assert set(hf_compat.training_fields()) == real
     hints = typing.get_type_hints(TrainingArguments)
     for name in ("learning_rate", "max_steps", "bf16", "eval_strategy", "warmup_steps"):
-        simple = config.SIMPLE_TYPES.get(config.training_fields()[name].replace(" | None", "").split(" | ")[0])
+        simple = config.SIMPLE_TYPES.get(hf_compat.training_fields()[name].replace(" | None", "").split(" | ")[0])
         assert simple is None or simple in (typing.get_args(hints[name]) or (hints[name],)), name
 
 
@@ -125,3 +125,60 @@ def test_fsdp2_keeps_the_tied_masked_lm_head_in_one_group(tmp_path):
     fixed = subprocess.run([sys.executable, str(script), "fixed"], capture_output=True, text=True, env=env)
     assert "bert FIXED True True True" in fixed.stdout and "roberta FIXED True True True" in fixed.stdout, \
         fixed.stdout + fixed.stderr[-2000:]
+
+
+def test_every_private_name_in_the_fence_exists_and_only_the_fence_names_them(tmp_path):
+    """Each name of hf_compat.PRIVATE_NAMES is where hf_compat reads it; no other module of llmkit names one."""
+    import importlib
+    import io
+    import tokenize
+
+    from transformers import TrainingArguments
+
+    for dotted in hf_compat.PRIVATE_NAMES:
+        module, owner, name = dotted.split(".")
+        cls = getattr(importlib.import_module(module), owner)
+        if name == "_n_gpu":  # an instance attribute
+            assert hasattr(TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none"), name)
+        elif name == "_train_batch_size":  # set by the Trainer as it trains
+            assert "self._train_batch_size =" in inspect.getsource(cls), dotted
+        elif name == "_fingerprint":
+            assert isinstance(cls.from_dict({"a": [1]})._fingerprint, str)
+        else:
+            assert hasattr(cls, name), dotted
+    package, names = Path(hf_compat.__file__).parent, {d.rsplit(".", 1)[1] for d in hf_compat.PRIVATE_NAMES}
+    outside = [f"{p.relative_to(package)}:{t.start[0]}" for p in package.rglob("*.py") if p.name != "hf_compat.py"
+               for t in tokenize.generate_tokens(io.StringIO(p.read_text(encoding="utf-8")).readline)
+               if (t.type == tokenize.NAME and t.string in names)  # code, or getattr(x, "name"); not prose
+               or (t.type == tokenize.STRING and t.string.strip("'\"") in names)]
+    assert not outside, outside
+
+
+def test_the_trainer_calls_the_hooks_llmkit_overrides(tmp_path):
+    """TrainerHooks' forwards are what the Trainer calls when it builds its data loaders."""
+    import torch
+    from datasets import Dataset
+    from transformers import BertConfig, BertForSequenceClassification, Trainer, TrainingArguments
+
+    calls = []
+
+    class Probe(hf_compat.TrainerHooks, Trainer):
+        def train_sampler(self, default, dataset):
+            calls.append(("train", type(default).__name__, len(dataset)))
+            return torch.utils.data.SequentialSampler(dataset)
+
+        def eval_sampler(self, default, dataset):
+            calls.append(("eval", len(dataset)))
+            return default
+
+    data = Dataset.from_dict({"input_ids": [[1, 2, 3]] * 6, "labels": [0, 1] * 3})
+    model = BertForSequenceClassification(BertConfig(vocab_size=8, hidden_size=8, num_hidden_layers=1,
+                                                     num_attention_heads=1, intermediate_size=8))
+    trainer = Probe(model=model, args=TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none"),
+                    train_dataset=data, eval_dataset=data.select(range(4)))
+    assert isinstance(trainer.get_train_dataloader().sampler, torch.utils.data.SequentialSampler)
+    trainer.get_eval_dataloader()
+    assert calls == [("train", "RandomSampler", 6), ("eval", 4)]
+    assert hf_compat.prepare_inputs(trainer, {"x": torch.ones(1)})["x"].device.type == "cpu"
+    assert sorted(hf_compat.no_split_modules(model)) == ["BertEmbeddings", "BertLayer"]
+    assert hf_compat.attention_flags(type(model))["sdpa"] is True

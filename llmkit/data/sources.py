@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from llmkit import hf_compat
 from llmkit.errors import DataError, did_you_mean
 
 TEXT_SUFFIXES = {".txt", ".text", ".md"}
@@ -377,7 +378,7 @@ def _plan_table(name: str, cfg_data: Any, split: str | None) -> tuple[list[Unit]
     options = (("config", cfg_data.dataset_config), ("split", split or cfg_data.train_split))
     units = [Unit(name, "table", a, min(a + per_unit, rows), nbytes * (min(a + per_unit, rows) - a) // max(rows, 1),
                   column=column, options=options) for a in range(0, rows, per_unit)]
-    return units, None, [name, options, column, table._fingerprint]
+    return units, None, [name, options, column, hf_compat.fingerprint(table)]
 
 
 def _plan_stream(name: str, cfg_data: Any, split: str | None, path: Path | None = None) -> tuple[
