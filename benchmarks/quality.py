@@ -31,7 +31,8 @@ Variants (`--variants`; one seed = one run):
   Trainer's rule (up to 50, at least 4 windows);
 - llmkit-batch-N: llmkit with a training batch of N (training.per_device_train_batch_size);
 - llmkit-<lever>: llmkit with one lever switched back to what the plain script does (see LEVERS; `fp32` only
-  where llmkit would train in bf16, i.e. on a CPU with native bf16 or a GPU: add it with --variants).
+  where llmkit would train in bf16, i.e. on a CPU with native bf16 or a GPU: add it with --variants);
+  levers join with '+': llmkit-batch-8+random-order.
 
 Reported per data set: per-seed accuracy and macro-F1, mean +- standard error, the difference of each variant
 against `llmkit` with the standard error of the difference, and training examples/s (Trainer's
@@ -178,18 +179,25 @@ def run_variant(variant: str, model: str, ds: dict[str, Any], seed: int) -> dict
 
 
 def llmkit_sets(variant: str, ds: dict[str, Any]) -> list[str]:
-    """The --set items of an llmkit variant: none, a window of N batches, or a lever switched off."""
-    lever = variant.removeprefix("llmkit").removeprefix("-")
-    if not lever:
+    """The --set items of an llmkit variant: none, or its levers joined by '+' (llmkit-batch-8+random-order),
+    each a window of N batches, a training batch of N, or a lever switched to the plain script's way."""
+    if variant == "llmkit":
         return []
-    if lever.startswith("window-") and lever[7:].isdigit():
-        return [f"finetune.group_window={lever[7:]}"]
-    if lever.startswith("batch-") and lever[6:].isdigit():
-        return [f"training.per_device_train_batch_size={lever[6:]}"]
-    if lever in LEVERS and variant.startswith("llmkit-"):
-        return LEVERS[lever][0]
-    raise SystemExit(f"unknown variant '{variant}'; known: {', '.join(PLAIN)}, llmkit, llmkit-window-N, llmkit-batch-N, "
-                     + ", ".join(f"llmkit-{k}" for k in LEVERS))
+    if not variant.startswith("llmkit-"):
+        raise SystemExit(f"unknown variant '{variant}'; known: {', '.join(PLAIN)}, llmkit, llmkit-window-N, "
+                         "llmkit-batch-N, " + ", ".join(f"llmkit-{k}" for k in LEVERS) + " (levers join with '+')")
+    sets: list[str] = []
+    for lever in variant.removeprefix("llmkit-").split("+"):
+        if lever.startswith("window-") and lever[7:].isdigit():
+            sets.append(f"finetune.group_window={lever[7:]}")
+        elif lever.startswith("batch-") and lever[6:].isdigit():
+            sets.append(f"training.per_device_train_batch_size={lever[6:]}")
+        elif lever in LEVERS:
+            sets += LEVERS[lever][0]
+        else:
+            raise SystemExit(f"unknown lever '{lever}' in variant '{variant}'; known: window-N, batch-N, "
+                             + ", ".join(LEVERS))
+    return sets
 
 
 # ---------------------------------------------------------------- the record of finished runs
