@@ -28,9 +28,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+common.offline_and_quiet()
 
 WORK = common.RESULTS / "work-arch"
 SEQ, BATCH, VOCAB = 128, 32, 8000
@@ -122,7 +120,6 @@ def pretrain(name: str, corpus: str, tokenizer: str, steps: int, eval_every: int
                               "seconds": paused - self.start - self.paused, **score(self.model, batches)})
                 self.paused += time.perf_counter() - paused
 
-    common.add_to_pretrain(Probe())
     recipe_name, sets = FAMILIES[name]
     cfg = config.build("pretrain", recipe_name, flags={"data.train": [corpus], "model.tokenizer": tokenizer,
                                                        "output_dir": str(WORK / name)},
@@ -131,7 +128,7 @@ def pretrain(name: str, corpus: str, tokenizer: str, steps: int, eval_every: int
                              "training.logging_steps=50", "data.max_eval_samples=64"]
                        + ([f"training.lr_scheduler_kwargs={{num_decay_steps: {max(1, steps // 10)}}}"]
                           if recipe_name == "modernbert-cpu" else []))
-    metrics = recipe.run(cfg, overwrite=True)
+    metrics = recipe.run(cfg, overwrite=True, callbacks=[Probe()])
     return {"curve": curve, "tokens_per_s": metrics["tokens_per_second"], **shape}
 
 

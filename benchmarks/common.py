@@ -21,6 +21,15 @@ from pathlib import Path
 from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "results"
+OFFLINE_AND_QUIET = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error",
+                     "HF_HUB_DISABLE_PROGRESS_BARS": "1", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1"}
+
+
+def offline_and_quiet(**more: str) -> None:
+    """Every benchmark runs offline (models and data are on this machine) without the libraries' progress bars;
+    `more` environment defaults on top. A variable the caller set already is kept."""
+    for key, value in {**OFFLINE_AND_QUIET, **more}.items():
+        os.environ.setdefault(key, value)
 
 
 # ---------------------------------------------------------------- statistics and output
@@ -33,6 +42,43 @@ def summary(values: Sequence[float]) -> dict[str, float]:
         return {"median": values[0], "p25": values[0], "p75": values[0], "n": 1}
     q = statistics.quantiles(values, n=4, method="inclusive")
     return {"median": statistics.median(values), "p25": q[0], "p75": q[2], "n": len(values)}
+
+
+def median_of(results: dict[str, list[dict[str, Any]]], side: str, key: str) -> float:
+    """The median of `key` over one side's runs."""
+    return statistics.median(r[key] for r in results[side])
+
+
+def paired_ratios(results: dict[str, list[dict[str, Any]]], key: str, a: str = "llmkit",
+                  b: str = "plain HF") -> list[float]:
+    """Run i of `a` against run i of `b` (runs interleaved, so each pair saw the same machine)."""
+    return [x[key] / y[key] for x, y in zip(results[a], results[b])]
+
+
+def side_by_side(results: dict[str, list[dict[str, Any]]], rows: list[tuple[str, str, str]], a: str = "llmkit",
+                 b: str = "plain HF") -> list[dict[str, Any]]:
+    """Table rows {what, llmkit, hf, ratio} from (what, key, how): how is 'paired' (median of the paired ratios
+    a/b: throughput), 'faster' (b/a of the medians: a time), 'diff' (a - b of the medians: a score) or 'ratio'
+    (a/b of the medians)."""
+    out = []
+    for what, key, how in rows:
+        x, y = median_of(results, a, key), median_of(results, b, key)
+        ratio = {"paired": lambda: f"{statistics.median(paired_ratios(results, key, a, b)):.2f}x",
+                 "faster": lambda: f"{y / x:.2f}x faster", "diff": lambda: f"{x - y:+.3f}",
+                 "ratio": lambda: f"{x / y:.2f}x"}[how]()
+        out.append({"what": f"{what} (median)", "llmkit": x, "hf": y, "ratio": ratio})
+    return out
+
+
+def print_side_by_side(rows: list[dict[str, Any]], hf: str, results: dict[str, list[dict[str, Any]]], score: str,
+                       before: dict[str, Any]) -> None:
+    """The side-by-side table (llmkit finetune against `hf`), then each run's `score` and speed ratio, llmkit's
+    precision and the machine's load before and after."""
+    print(table(rows, [("what", ""), ("llmkit", "llmkit finetune"), ("hf", hf), ("ratio", "llmkit vs HF")]))
+    print(f"per-run {score}: llmkit {[round(r[score], 3) for r in results['llmkit']]}, plain HF "
+          f"{[round(r[score], 3) for r in results['plain HF']]}; per-run speed ratios "
+          f"{[round(r, 2) for r in paired_ratios(results, 'examples_per_s')]}; llmkit precision "
+          f"{results['llmkit'][0]['precision']}; load average before {before['load_average']}, after {os.getloadavg()}")
 
 
 def table(rows: list[dict[str, Any]], columns: list[tuple[str, str]]) -> str:
@@ -243,19 +289,6 @@ def run_ring(targets: list[tuple[str, Callable[..., None], tuple]], timeout_s: f
                 p.join()
             raise RuntimeError(f"benchmark process '{failed.name}' failed (exit code {failed.exitcode}); see its "
                                f"messages above")
-
-
-def add_to_pretrain(callback: Any) -> None:
-    """Make the `llmkit pretrain` run in this process add `callback` to its trainer: the one addition a benchmark
-    makes to the real run (each benchmark trains in a process of its own, with one trainer)."""
-    from llmkit import training
-
-    class WithCallback(training.MLMTrainer):
-        def __init__(self, *args: Any, **kwargs: Any):
-            super().__init__(*args, **kwargs)
-            self.add_callback(callback)
-
-    training.MLMTrainer = WithCallback
 
 
 def interleaved(jobs: dict[str, Callable[[], Any]], repeats: int) -> tuple[dict[str, list[float]], dict[str, Any]]:

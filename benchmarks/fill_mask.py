@@ -23,7 +23,6 @@ machine are indicative.
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import re
 import statistics
@@ -34,10 +33,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+common.offline_and_quiet(TOKENIZERS_PARALLELISM="false")
 
 COLD_TEXT = "The function returns a [MASK] of the values."
 

@@ -33,7 +33,6 @@ import json
 import os
 import random
 import shutil
-import statistics
 import subprocess
 import sys
 import sysconfig
@@ -44,11 +43,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # `common`, also in spawned workers
 import common  # noqa: E402
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+common.offline_and_quiet()
 
 WORK = common.RESULTS / "work-finetune"
 TOPICS = ("asyncio", "email", "xml", "unittest", "logging", "http", "tkinter", "importlib")
@@ -220,28 +215,14 @@ def main() -> None:
                                                            str(WORK / "hf-run")))
         common.log(f"  {results['plain HF'][-1]}")
 
-    def median(side: str, key: str) -> float:
-        return statistics.median(r[key] for r in results[side])
-
-    ratios = [a["examples_per_s"] / b["examples_per_s"] for a, b in zip(results["llmkit"], results["plain HF"])]
+    ratios = common.paired_ratios(results, "examples_per_s")
     table = [
-        {"what": "train examples/s (median)", "llmkit": median("llmkit", "examples_per_s"),
-         "hf": median("plain HF", "examples_per_s"), "ratio": f"{statistics.median(ratios):.2f}x"},
-        {"what": "training time s (median)", "llmkit": median("llmkit", "train_s"), "hf": median("plain HF", "train_s"),
-         "ratio": f"{median('plain HF', 'train_s') / median('llmkit', 'train_s'):.2f}x faster"},
-        {"what": "whole run wall s (median)", "llmkit": median("llmkit", "wall_s"), "hf": median("plain HF", "wall_s"),
-         "ratio": f"{median('plain HF', 'wall_s') / median('llmkit', 'wall_s'):.2f}x faster"},
-        {"what": "test accuracy (median)", "llmkit": median("llmkit", "accuracy"),
-         "hf": median("plain HF", "accuracy"),
-         "ratio": f"{median('llmkit', 'accuracy') - median('plain HF', 'accuracy'):+.3f}"},
+        *common.side_by_side(results, [
+            ("train examples/s", "examples_per_s", "paired"), ("training time s", "train_s", "faster"),
+            ("whole run wall s", "wall_s", "faster"), ("test accuracy", "accuracy", "diff")]),
         {"what": "majority-class baseline", "llmkit": majority, "hf": majority, "ratio": ""},
     ]
-    print(common.table(table, [("what", ""), ("llmkit", "llmkit finetune"), ("hf", "plain HF"),
-                               ("ratio", "llmkit vs HF")]))
-    print(f"per-run accuracy: llmkit {[round(r['accuracy'], 3) for r in results['llmkit']]}, plain HF "
-          f"{[round(r['accuracy'], 3) for r in results['plain HF']]}; per-run speed ratios "
-          f"{[round(r, 2) for r in ratios]}; llmkit precision {results['llmkit'][0]['precision']}; "
-          f"load average before {before['load_average']}, after {os.getloadavg()}")
+    common.print_side_by_side(table, "plain HF", results, "accuracy", before)
     path = common.write_results("finetune", {
         "machine": before, "load_average_after": os.getloadavg(), "model": model, "topics": topics,
         "train_examples": n_train, "test_examples": opts.test_per_topic * len(topics), "epochs": epochs,

@@ -27,9 +27,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+common.offline_and_quiet()
 
 PROBES = [
     ("Close the [MASK] and release the underlying resources.", "file"),
@@ -93,9 +91,8 @@ def run(recipe: str, sets: list[str], started: float) -> dict[str, Any]:
                 self.due.pop(0)
                 probes.append(probe(model, processing_class, state, clock(), work, paused))
 
-    common.add_to_pretrain(Probe())
     cfg = config.build("pretrain", recipe, flags={"output_dir": str(work / "run")}, sets=sets)
-    metrics = pretrain.run(cfg)
+    metrics = pretrain.run(cfg, callbacks=[Probe()])
     wall = clock()
     final = score(str(work / "run"))
     probes.append({"seconds": wall, "step": metrics["steps"], "eval_loss": round(metrics["eval_loss"], 3), **final})

@@ -21,7 +21,6 @@ benchmarks/results/) as JSON.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import statistics
@@ -35,9 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # `common`
 sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # the tree's llmkit, without installing it
 import common  # noqa: E402
 
-for key, value in (("HF_HUB_OFFLINE", "1"), ("HF_DATASETS_OFFLINE", "1"), ("TRANSFORMERS_VERBOSITY", "error"),
-                   ("HF_HUB_DISABLE_PROGRESS_BARS", "1"), ("TOKENIZERS_PARALLELISM", "true")):
-    os.environ.setdefault(key, value)
+common.offline_and_quiet(TOKENIZERS_PARALLELISM="true")
 
 H200_BF16_PEAK = 989e12  # dense bf16, H100/H200 SXM data sheet
 FULL = {"seq": 1024, "batch": 16, "steps": 30, "warmup": 5, "size": "base", "corpus_mb": 4.0, "vocab": 30522,
@@ -102,26 +99,6 @@ def step_timer():
             return torch.cuda.max_memory_allocated() / 2**30 if cuda else None
 
     return StepTimer()
-
-
-@contextlib.contextmanager
-def with_callback(class_name: str, callback: Any):
-    """Inside the block, llmkit's `training.<class_name>` adds `callback` to the trainer a run builds (the one
-    addition the benchmark makes to the real run); the class is restored after."""
-    from llmkit import training
-
-    base = getattr(training, class_name)
-
-    class WithCallback(base):  # type: ignore[misc, valid-type]
-        def __init__(self, *args: Any, **kwargs: Any):
-            super().__init__(*args, **kwargs)
-            self.add_callback(callback)
-
-    setattr(training, class_name, WithCallback)
-    try:
-        yield
-    finally:
-        setattr(training, class_name, base)
 
 
 def release_memory() -> None:
@@ -209,8 +186,7 @@ def pretrain_llmkit(arch, corpus, texts, work, opts, info, dry):
         sets=[f"training.max_steps={opts['steps']}", f"training.per_device_train_batch_size={opts['batch']}",
               "training.eval_strategy='no'", "training.save_strategy='no'", "training.logging_steps=1000",
               "data.max_eval_samples=32", f"model.vocab_size={opts['vocab']}", "data.tokenizer_sample_bytes=1000000"])
-    with with_callback("MLMTrainer", timer):
-        metrics = pretrain.run(cfg, overwrite=True)
+    metrics = pretrain.run(cfg, overwrite=True, callbacks=[timer])
     from transformers import AutoConfig
 
     model_config = AutoConfig.from_pretrained(run_dir)
@@ -339,8 +315,7 @@ def finetune_llmkit(train, texts, labels, checkpoint, work, opts, info):
                              f"training.per_device_train_batch_size={opts['ft_batch']}",
                              "training.eval_strategy='no'", "training.save_strategy='no'",
                              "training.load_best_model_at_end=false", "training.logging_steps=1000"])
-    with with_callback("SeededTrainer", timer):
-        metrics = finetune.run(cfg, overwrite=True)
+    metrics = finetune.run(cfg, overwrite=True, callbacks=[timer])
     from transformers import AutoTokenizer
 
     lengths = [len(x) for x in AutoTokenizer.from_pretrained(checkpoint)(texts, truncation=True,

@@ -36,7 +36,6 @@ import os
 import random
 import re
 import shutil
-import statistics
 import subprocess
 import sys
 import sysconfig
@@ -47,11 +46,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+common.offline_and_quiet()
 
 WORK = common.RESULTS / "work-ner"
 SEQ, BATCH, LR = 64, 16, 3e-4
@@ -252,31 +247,12 @@ def main() -> None:
             results[side].append(fn(model, train, test, opts.epochs, seed, WORK / "run"))
             common.log(f"  {results[side][-1]}")
 
-    def median(side: str, key: str) -> float:
-        return statistics.median(r[key] for r in results[side])
-
-    ratios = [a["examples_per_s"] / b["examples_per_s"] for a, b in zip(results["llmkit"], results["plain HF"])]
-    table = [
-        {"what": "train examples/s (median)", "llmkit": median("llmkit", "examples_per_s"),
-         "hf": median("plain HF", "examples_per_s"), "ratio": f"{statistics.median(ratios):.2f}x"},
-        {"what": "entity F1 (median)", "llmkit": median("llmkit", "entity_f1"), "hf": median("plain HF", "entity_f1"),
-         "ratio": f"{median('llmkit', 'entity_f1') - median('plain HF', 'entity_f1'):+.3f}"},
-        {"what": "token accuracy (median)", "llmkit": median("llmkit", "token_accuracy"),
-         "hf": median("plain HF", "token_accuracy"),
-         "ratio": f"{median('llmkit', 'token_accuracy') - median('plain HF', 'token_accuracy'):+.3f}"},
-        {"what": "training time s (median)", "llmkit": median("llmkit", "train_s"), "hf": median("plain HF", "train_s"),
-         "ratio": f"{median('plain HF', 'train_s') / median('llmkit', 'train_s'):.2f}x faster"},
-        {"what": "whole run wall s (median)", "llmkit": median("llmkit", "wall_s"), "hf": median("plain HF", "wall_s"),
-         "ratio": f"{median('plain HF', 'wall_s') / median('llmkit', 'wall_s'):.2f}x faster"},
-        {"what": "peak memory MB (median)", "llmkit": median("llmkit", "peak_mb"), "hf": median("plain HF", "peak_mb"),
-         "ratio": f"{median('llmkit', 'peak_mb') / median('plain HF', 'peak_mb'):.2f}x"},
-    ]
-    print(common.table(table, [("what", ""), ("llmkit", "llmkit finetune"), ("hf", "plain HF (run_ner.py way)"),
-                               ("ratio", "llmkit vs HF")]))
-    print(f"per-seed entity F1: llmkit {[round(r['entity_f1'], 3) for r in results['llmkit']]}, plain HF "
-          f"{[round(r['entity_f1'], 3) for r in results['plain HF']]}; per-seed speed ratios "
-          f"{[round(r, 2) for r in ratios]}; llmkit precision {results['llmkit'][0]['precision']}; "
-          f"load average before {before['load_average']}, after {os.getloadavg()}")
+    ratios = common.paired_ratios(results, "examples_per_s")
+    table = common.side_by_side(results, [
+        ("train examples/s", "examples_per_s", "paired"), ("entity F1", "entity_f1", "diff"),
+        ("token accuracy", "token_accuracy", "diff"), ("training time s", "train_s", "faster"),
+        ("whole run wall s", "wall_s", "faster"), ("peak memory MB", "peak_mb", "ratio")])
+    common.print_side_by_side(table, "plain HF (run_ner.py way)", results, "entity_f1", before)
     path = common.write_results("ner", {
         "machine": before, "load_average_after": os.getloadavg(), "model": model, "train_sentences": n_train,
         "test_sentences": opts.test, "epochs": opts.epochs, "batch": BATCH, "learning_rate": LR,

@@ -42,12 +42,7 @@ import common  # noqa: E402
 
 from llmkit.config import SIZES  # noqa: E402 - light (no torch)
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
+common.offline_and_quiet(TOKENIZERS_PARALLELISM="true")
 
 WORK = common.RESULTS / "work-pretrain"
 SEQ, BATCH, SIZE, VOCAB, SEED = 128, 32, "mini", 16000, 42
@@ -282,8 +277,7 @@ def train_variant(ring: common.StepRing, name: str, setup: dict[str, Any], out_d
                   "data.max_eval_samples=64", f"mlm.probability={MLM_PROBABILITY}"]
             + [f"training.{k}={v}" for k, v in OPTIM.items()] + list(extra))
 
-        common.add_to_pretrain(timer)  # the one addition to the real run: the timing callback
-        own_metrics = pretrain.run(cfg, overwrite=True)
+        own_metrics = pretrain.run(cfg, overwrite=True, callbacks=[timer])  # the one addition: the timing callback
         model = AutoModelForMaskedLM.from_pretrained(str(run_dir))  # the run directory loads as plain HF
         fill = pipeline("fill-mask", model=str(run_dir), device="cpu")
         assert len(fill(f"The function returns a {fill.tokenizer.mask_token} of the values.")) == 5

@@ -13,7 +13,6 @@ its top ops. Results: benchmarks/results/profile_step-*.json.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 from collections import defaultdict
@@ -22,9 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+common.offline_and_quiet()
 
 GROUPS = [  # first match wins: (group, substrings of the op name)
     ("dropout and random draws", ("dropout", "bernoulli", "random_", "rand")),
@@ -67,12 +64,11 @@ def main(argv: list[str] | None = None) -> None:
                 self.profiler.__exit__(None, None, None)
 
     profile = Profile()
-    common.add_to_pretrain(profile)
     with tempfile.TemporaryDirectory(prefix="llmkit-profile-") as tmp:
         sets = ["training.per_device_train_batch_size=32", "data.max_seq_length=128", "training.eval_steps=100000",
                 "training.save_steps=100000", f"training.max_steps={a.warmup + a.steps}", *a.sets]
         cfg = config.build("pretrain", flags={"output_dir": str(Path(tmp) / "run")}, sets=sets)
-        pretrain.run(cfg)
+        pretrain.run(cfg, callbacks=[profile])
 
     events = [e for e in profile.profiler.key_averages() if e.self_cpu_time_total > 0]
     total = sum(e.self_cpu_time_total for e in events)

@@ -61,11 +61,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # `common`, `finetune`
 import common  # noqa: E402
 import finetune as speed  # noqa: E402 - its data helpers and the MiniLM checkpoint
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+common.offline_and_quiet()
 
 WORK = common.RESULTS / "work-quality"
 SEQ, BATCH, LR = 128, 32, 5e-5

@@ -13,7 +13,7 @@ from llmkit import config as config_lib
 from llmkit import metrics, modeling, outputs
 from llmkit.config import RunConfig
 from llmkit.console import log
-from llmkit.data import labeled
+from llmkit.data import labeled, tagged
 from llmkit.data.labeled import Labeled
 from llmkit.errors import ConfigError
 
@@ -33,16 +33,16 @@ RESUMABLE_CHANGES = {"training.logging_steps", "training.save_total_limit", "tra
 
 
 @outputs.holds_output_dir  # one run at a time in an output directory
-def run(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
-    """Fine-tune per `cfg`; returns the final metrics. Writes the run directory described in DESIGN.md."""
+def run(cfg: RunConfig, resume: bool = False, overwrite: bool = False, *, callbacks: Sequence[Any] = (),
+        trainer_class: type | None = None) -> dict[str, Any]:
+    """Fine-tune per `cfg`; returns the final metrics. Writes the run directory described in DESIGN.md.
+    `callbacks` (`TrainerCallback`s) join the run's own; a `training.SeededTrainer` subclass builds the trainer."""
     # 1. validate everything cheap before loading anything
-    check_settings(cfg)
-    from llmkit.data import tagged
-
+    check_settings(cfg, trainer_class)
     if tagged.is_token_task(cfg):  # tags per word: llmkit.tagging, on the same shared steps
         from llmkit import tagging
 
-        return tagging.run(cfg, resume, overwrite)
+        return tagging.run(cfg, resume, overwrite, callbacks=callbacks, trainer_class=trainer_class)
     run_dir, finished = outputs.check_run_dir(cfg, resume, overwrite, RESUMABLE_CHANGES, log)
     if finished is not None:
         return finished
@@ -50,11 +50,7 @@ def run(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> dict[s
     modeling.check_model(cfg)
 
     # 2. data: labeled train and eval sets, labels checked (all before any model is loaded or anything written)
-    train, held_out, problem, names = labeled.labeled_data(cfg)
-    metric = metrics.check_metric(cfg.finetune.metric or ("mse" if problem == "regression" else "f1_macro"),
-                                  problem, len(names))
-    log(f"data: {len(train.texts):,} training and {len(held_out.texts):,} evaluation examples from {train.source}; "
-        f"{labeled.describe_labels(train.labels, problem, names)}")
+    train, held_out, problem, names, metric = labeled_data(cfg)
 
     # 3. placement and precision (sets up the process group under accelerate/torchrun)
     from llmkit import training
@@ -66,16 +62,11 @@ def run(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> dict[s
 
     # 5. features: tokenized and truncated, not padded (each batch is padded to its longest text)
     with args.main_process_first(desc="tokenization"):  # the others load what the main process cached
-        train_features = labeled.features(tokenizer, train, labeled.encode_labels(train.labels, problem, names), cfg.data)
-        eval_features = labeled.features(tokenizer, held_out, labeled.encode_labels(held_out.labels, problem, names),
-                                         cfg.data)
-    lengths = np.array([len(f["input_ids"]) for f in train_features])
-    log(f"features: {len(train_features):,} training examples, {lengths.mean():.0f} tokens on average "
-        f"({int((lengths >= cfg.data.max_seq_length).sum()):,} truncated to {cfg.data.max_seq_length})")
+        train_features, eval_features = features(cfg, tokenizer, train, held_out, problem, names)
 
     # 6. trainer: dynamic padding, length-grouped batches, evaluation and best-model selection by `metric`
     trainer, guard, effective_batch = make_trainer(cfg, args, model, tokenizer, train_features, eval_features,
-                                                   problem, names, metric)
+                                                   problem, names, metric, callbacks, trainer_class)
 
     # 7. train (Ctrl-C / SIGTERM save a checkpoint; a non-finite loss stops without saving)
     result = training.train(trainer, guard, run_dir, config_lib.dump(cfg))
@@ -92,11 +83,37 @@ def run(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> dict[s
     return summary
 
 
+def labeled_data(cfg: RunConfig) -> tuple[Labeled, Labeled, str, list[str], str]:
+    """(training set, evaluation set, problem type, label names, the metric that picks the best model), logged."""
+    train, held_out, problem, names = labeled.labeled_data(cfg)
+    metric = metrics.check_metric(cfg.finetune.metric or ("mse" if problem == "regression" else "f1_macro"),
+                                  problem, len(names))
+    log(f"data: {len(train.texts):,} training and {len(held_out.texts):,} evaluation examples from {train.source}; "
+        f"{labeled.describe_labels(train.labels, problem, names)}")
+    return train, held_out, problem, names, metric
+
+
+def features(cfg: RunConfig, tokenizer: Any, train: Labeled, held_out: Labeled, problem: str,
+             names: Sequence[str]) -> tuple[Any, Any]:
+    """The training and evaluation features (tokenized, truncated, not padded), described in the log."""
+    train_features = labeled.features(tokenizer, train, labeled.encode_labels(train.labels, problem, names), cfg.data)
+    eval_features = labeled.features(tokenizer, held_out, labeled.encode_labels(held_out.labels, problem, names),
+                                     cfg.data)
+    lengths = np.array([len(f["input_ids"]) for f in train_features])
+    log(f"features: {len(train_features):,} training examples, {lengths.mean():.0f} tokens on average "
+        f"({int((lengths >= cfg.data.max_seq_length).sum()):,} truncated to {cfg.data.max_seq_length})")
+    return train_features, eval_features
+
+
 # ---------------------------------------------------------------- settings
 
 
-def check_settings(cfg: RunConfig) -> None:
+def check_settings(cfg: RunConfig, trainer_class: type | None = None) -> None:
     """Fine-tuning settings that contradict each other or are missing, found before anything is loaded."""
+    if trainer_class is not None:
+        from llmkit import training
+
+        training.subclass(trainer_class, training.SeededTrainer)
     for key in ("metric_for_best_model", "greater_is_better"):
         if key in cfg.training:
             raise ConfigError(f"'training.{key}' is set by llmkit from finetune.metric; use --set finetune.metric=NAME "
@@ -182,19 +199,21 @@ def classifier(cfg: RunConfig, problem: str, names: Sequence[str], attention: st
 
 
 def make_trainer(cfg: RunConfig, args: Any, model: Any, tokenizer: Any, train_features: list, eval_features: list,
-                 problem: str, names: Sequence[str], metric: str) -> tuple[Any, Any, int]:
+                 problem: str, names: Sequence[str], metric: str, callbacks: Sequence[Any] = (),
+                 trainer_class: type | None = None) -> tuple[Any, Any, int]:
     """(SeededTrainer, its stop callback, examples per optimizer step)."""
     import transformers
 
     collator = transformers.DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8 if args.device.type == "cuda"
                                                     else None)
     return shared_trainer(cfg, args, model, tokenizer, train_features, eval_features, collator,
-                          metrics.for_trainer(problem, names), metric)
+                          metrics.for_trainer(problem, names), metric, callbacks=callbacks,
+                          trainer_class=trainer_class)
 
 
 def shared_trainer(cfg: RunConfig, args: Any, model: Any, tokenizer: Any, train_features: Any, eval_features: Any,
                    collator: Any, compute_metrics: Any, metric: str, unit: str = "examples",
-                   trainer_class: Any = None) -> tuple[Any, Any, int]:
+                   callbacks: Sequence[Any] = (), trainer_class: type | None = None) -> tuple[Any, Any, int]:
     """The trainer of every fine-tuning task: `trainer_class` (a `SeededTrainer`) with llmkit's sample order,
     dropout masks, log and stop callbacks and early stopping; (trainer, its stop callback, `unit`s per step)."""
     import transformers
@@ -202,12 +221,12 @@ def shared_trainer(cfg: RunConfig, args: Any, model: Any, tokenizer: Any, train_
     from llmkit import training
 
     guard = training.StopCallback()
-    callbacks = [training.LogCallback(), guard]
+    own = [training.LogCallback(), guard]
     if cfg.finetune.early_stopping_patience:
-        callbacks.append(transformers.EarlyStoppingCallback(cfg.finetune.early_stopping_patience))
-    trainer = (trainer_class or training.SeededTrainer)(
+        own.append(transformers.EarlyStoppingCallback(cfg.finetune.early_stopping_patience))
+    trainer = training.subclass(trainer_class, training.SeededTrainer)(
         model=model, args=args, data_collator=collator, train_dataset=train_features, eval_dataset=eval_features,
-        processing_class=tokenizer, compute_metrics=compute_metrics, callbacks=callbacks,
+        processing_class=tokenizer, compute_metrics=compute_metrics, callbacks=[*own, *callbacks],
         cheap_dropout=cfg.model.cheap_dropout, group_window=cfg.finetune.group_window,
         shuffle_batches=cfg.finetune.shuffle_batches)
     trainer.remove_callback(transformers.trainer_callback.PrinterCallback)

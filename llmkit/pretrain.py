@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +29,16 @@ RESUMABLE_CHANGES = {"training.logging_steps", "training.eval_steps", "training.
 
 
 @outputs.holds_output_dir  # one run at a time in an output directory
-def run(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
-    """Pretrain per `cfg`; returns the final metrics. Writes the run directory described in DESIGN.md."""
+def run(cfg: RunConfig, resume: bool = False, overwrite: bool = False, *, callbacks: Sequence[Any] = (),
+        trainer_class: type | None = None) -> dict[str, Any]:
+    """Pretrain per `cfg`; returns the final metrics. Writes the run directory described in DESIGN.md.
+    `callbacks` (`TrainerCallback`s) join the run's own and `trainer_class` (a subclass of `training.MLMTrainer`)
+    builds its trainer: a run is extended without patching llmkit."""
     # 1. validate everything cheap before loading anything: the run directory, the settings, the corpus
+    if trainer_class is not None:
+        from llmkit import training
+
+        training.subclass(trainer_class, training.MLMTrainer)
     run_dir, finished = outputs.check_run_dir(cfg, resume, overwrite, RESUMABLE_CHANGES, log)
     if finished is not None:
         return finished
@@ -51,22 +59,14 @@ def run(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> dict[s
     import transformers
 
     transformers.set_seed(cfg.seed)
-    with training.data_stage(args, data.cache_root(cfg.data)) as stage:  # per machine if the cache is not shared
-        tokenizer = tokenizer_for(cfg, corpus, **stage.ranks)
-        prepared = data.prepare_corpus(corpus, tokenizer, cfg.data, local_world=local_processes(), log=log,
-                                       **stage.ranks)
-        stage.agree(prepared.manifest)
-    train_blocks, eval_blocks = data.open_blocks(prepared, cfg.data, tokenizer)
-    log(f"data: {corpus.description}: {data.describe(prepared.manifest)}")
-    log(f"features: {len(train_blocks):,} training blocks ({train_blocks.num_tokens:,} tokens), "
-        f"{len(eval_blocks):,} evaluation blocks of up to {cfg.data.max_seq_length} tokens")
+    tokenizer, train_blocks, eval_blocks = tokenized(cfg, corpus, args)
 
     # 4. model: the checkpoint's (continued pretraining) or a new one of the preset size
     model = mlm_model(cfg, tokenizer, attention)
     shape = modeling.describe(model)
 
     # 5. trainer: keyed masks, keyed block order, the MLM head and loss only at masked positions
-    trainer, guard, _ = make_trainer(cfg, args, model, tokenizer, train_blocks, eval_blocks)
+    trainer, guard, _ = make_trainer(cfg, args, model, tokenizer, train_blocks, eval_blocks, callbacks, trainer_class)
 
     # 6. train (Ctrl-C / SIGTERM save a checkpoint; a non-finite loss stops without saving)
     result = training.train(trainer, guard, run_dir, config_lib.dump(cfg))
@@ -76,6 +76,23 @@ def run(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> dict[s
                             cfg, precision, train_blocks)
     save(run_dir, trainer, tokenizer, cfg, summary, corpus.description, shape)
     return summary
+
+
+def tokenized(cfg: RunConfig, corpus: Any, args: Any) -> tuple[Any, Any, Any]:
+    """(tokenizer, training blocks, evaluation blocks) of the corpus, tokenized once into memory-mapped shards by
+    every rank taking a share (per machine if the cache is not shared)."""
+    from llmkit import training
+
+    with training.data_stage(args, data.cache_root(cfg.data)) as stage:
+        tokenizer = tokenizer_for(cfg, corpus, **stage.ranks)
+        prepared = data.prepare_corpus(corpus, tokenizer, cfg.data, local_world=local_processes(), log=log,
+                                       **stage.ranks)
+        stage.agree(prepared.manifest)
+    train_blocks, eval_blocks = data.open_blocks(prepared, cfg.data, tokenizer)
+    log(f"data: {corpus.description}: {data.describe(prepared.manifest)}")
+    log(f"features: {len(train_blocks):,} training blocks ({train_blocks.num_tokens:,} tokens), "
+        f"{len(eval_blocks):,} evaluation blocks of up to {cfg.data.max_seq_length} tokens")
+    return tokenizer, train_blocks, eval_blocks
 
 
 def mlm_model(cfg: RunConfig, tokenizer: Any, attention: str) -> Any:
@@ -105,7 +122,8 @@ def local_processes() -> int:
     return int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
 
 
-def make_trainer(cfg: RunConfig, args: Any, model: Any, tokenizer: Any, train_blocks: Any, eval_blocks: Any):
+def make_trainer(cfg: RunConfig, args: Any, model: Any, tokenizer: Any, train_blocks: Any, eval_blocks: Any,
+                 callbacks: Sequence[Any] = (), trainer_class: type | None = None):
     """(MLMTrainer, its guard callback, sequences per optimizer step)."""
     import transformers
 
@@ -121,12 +139,12 @@ def make_trainer(cfg: RunConfig, args: Any, model: Any, tokenizer: Any, train_bl
                                     whole_word_mask=cfg.mlm.whole_word_mask, key=cfg.seed)
     effective_batch = training.effective_batch_size(args)
     guard = training.StopCallback()
-    trainer = training.MLMTrainer(
+    trainer = training.subclass(trainer_class, training.MLMTrainer)(
         model=model, args=args, data_collator=collator, train_dataset=train_blocks, eval_dataset=eval_blocks,
         processing_class=tokenizer, sparse_head=cfg.mlm.sparse_head, chunked_loss=cfg.mlm.chunked_loss,
         cheap_dropout=cfg.model.cheap_dropout,
         callbacks=[training.LogCallback(effective_batch * cfg.data.max_seq_length), guard,
-                   training.MaskingEpochCallback(collator)])
+                   training.MaskingEpochCallback(collator), *callbacks])
     trainer.remove_callback(transformers.trainer_callback.PrinterCallback)
     if cfg.mlm.sparse_head and not trainer.masked_head.available:
         log(f"{type(model).__name__} has no known per-token MLM head; computing the full head (same results, slower)")

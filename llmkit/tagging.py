@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,15 +30,13 @@ print(tagger({example!r}))
 PREDICTIONS = "predictions.jsonl"
 
 
-def run(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
+def run(cfg: RunConfig, resume: bool = False, overwrite: bool = False, *, callbacks: Sequence[Any] = (),
+        trainer_class: type | None = None) -> dict[str, Any]:
     """Fine-tune per `cfg`; returns the final metrics. Writes the run directory described in DESIGN.md (the
-    evaluation predictions as predictions.jsonl: tags and entity spans per sentence)."""
+    evaluation predictions as predictions.jsonl: tags and entity spans per sentence). `callbacks` and
+    `trainer_class` as for `finetune.run`."""
     # 1. validate everything cheap before loading anything
-    finetune.check_settings(cfg)
-    if importlib.util.find_spec("seqeval") is None:  # entity metrics: found missing now, not after training
-        raise ConfigError("Token classification scores entities with seqeval, which is not installed here: "
-                          "pip install seqeval")
-    length, stride = cfg.data.max_seq_length, window_stride(cfg)
+    stride = check_settings(cfg, trainer_class)
     run_dir, finished = outputs.check_run_dir(cfg, resume, overwrite, finetune.RESUMABLE_CHANGES, log)
     if finished is not None:
         return finished
@@ -60,17 +59,11 @@ def run(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> dict[s
 
     # 5. features: word pieces in windows of at most max_seq_length (long sentences overlap, none is cut short)
     with args.main_process_first(desc="tokenization"):
-        train_windows = tagged.windows(tokenizer, train.words, train.tags, names, length, stride,
-                                       cfg.finetune.label_all_pieces)
-        eval_windows = tagged.windows(tokenizer, held_out.words, held_out.tags, names, length, stride)
-    pieces = np.array([len(f["input_ids"]) for f in train_windows.features])
-    log(f"features: {len(pieces):,} training windows from {len(train):,} sentences, {pieces.mean():.0f} tokens on "
-        f"average ({len(pieces) - len(train):,} extra windows for sentences over {length} tokens, overlapping by "
-        f"{stride} tokens)")
+        train_windows, eval_windows = features(cfg, tokenizer, train, held_out, names, stride)
 
     # 6. trainer: dynamic padding of inputs and labels, length-grouped batches, best model by entity F1
     trainer, guard, effective_batch = make_trainer(cfg, args, model, tokenizer, train_windows, eval_windows,
-                                                   held_out, names, metric)
+                                                   held_out, names, metric, callbacks, trainer_class)
 
     # 7. train (Ctrl-C / SIGTERM save a checkpoint; a non-finite loss stops without saving)
     result = training.train(trainer, guard, run_dir, config_lib.dump(cfg))
@@ -81,19 +74,49 @@ def run(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> dict[s
         return {}
     summary = evaluate_saved(staging, held_out, eval_windows, names, str(args.device), precision,
                              args.per_device_eval_batch_size)
+    summary.update(training_summary(result.metrics, trainer, effective_batch, precision, metric, train, train_windows,
+                                    held_out, scheme))
+    save(run_dir, staging, trainer, cfg, summary, train.source, modeling.describe(model), names)
+    return summary
+
+
+def features(cfg: RunConfig, tokenizer: Any, train: Tagged, held_out: Tagged, names: list[str],
+             stride: int) -> tuple[tagged.Windows, tagged.Windows]:
+    """The training and evaluation windows (word pieces, at most max_seq_length each), described in the log."""
+    length = cfg.data.max_seq_length
+    train_windows = tagged.windows(tokenizer, train.words, train.tags, names, length, stride,
+                                   cfg.finetune.label_all_pieces)
+    eval_windows = tagged.windows(tokenizer, held_out.words, held_out.tags, names, length, stride)
+    pieces = np.array([len(f["input_ids"]) for f in train_windows.features])
+    log(f"features: {len(pieces):,} training windows from {len(train):,} sentences, {pieces.mean():.0f} tokens on "
+        f"average ({len(pieces) - len(train):,} extra windows for sentences over {length} tokens, overlapping by "
+        f"{stride} tokens)")
+    return train_windows, eval_windows
+
+
+def training_summary(train_metrics: dict, trainer: Any, effective_batch: int, precision: str, metric: str,
+                     train: Tagged, train_windows: tagged.Windows, held_out: Tagged, scheme: str) -> dict[str, Any]:
+    """What metrics.json records of the training itself."""
     state = trainer.state
-    summary.update({
-        "train_loss": result.metrics.get("train_loss"),
+    return {
+        "train_loss": train_metrics.get("train_loss"),
         "best_metric": {"metric": f"eval_{metric}", "value": state.best_metric,
                         "checkpoint": state.best_model_checkpoint} if state.best_metric is not None else None,
         "steps": state.global_step, "epochs": round(state.epoch or 0.0, 4), "train_examples": len(train),
         "train_windows": len(train_windows.features), "eval_examples": len(held_out),
-        "train_runtime_s": result.metrics.get("train_runtime"),
-        "train_samples_per_second": result.metrics.get("train_samples_per_second"),
+        "train_runtime_s": train_metrics.get("train_runtime"),
+        "train_samples_per_second": train_metrics.get("train_samples_per_second"),
         "effective_batch_size": effective_batch, "processes": trainer.args.world_size, "precision": precision,
-        "problem_type": "token_classification", "tag_scheme": scheme})
-    save(run_dir, staging, trainer, cfg, summary, train.source, modeling.describe(model), names)
-    return summary
+        "problem_type": "token_classification", "tag_scheme": scheme}
+
+
+def check_settings(cfg: RunConfig, trainer_class: type | None) -> int:
+    """`finetune.check_settings`, seqeval (entity metrics: found missing now, not after training); the stride."""
+    finetune.check_settings(cfg, trainer_class)
+    if importlib.util.find_spec("seqeval") is None:
+        raise ConfigError("Token classification scores entities with seqeval, which is not installed here: "
+                          "pip install seqeval")
+    return window_stride(cfg)
 
 
 def window_stride(cfg: RunConfig) -> int:
@@ -148,7 +171,8 @@ def tagger(cfg: RunConfig, names: list[str], attention: str) -> tuple[Any, Any]:
 
 
 def make_trainer(cfg: RunConfig, args: Any, model: Any, tokenizer: Any, train_windows: tagged.Windows,
-                 eval_windows: tagged.Windows, held_out: Tagged, names: list[str], metric: str) -> tuple[Any, Any, int]:
+                 eval_windows: tagged.Windows, held_out: Tagged, names: list[str], metric: str,
+                 callbacks: Sequence[Any] = (), trainer_class: type | None = None) -> tuple[Any, Any, int]:
     """(SeededTrainer, its stop callback, examples per optimizer step); evaluations score words, not windows."""
     import transformers
 
@@ -157,7 +181,7 @@ def make_trainer(cfg: RunConfig, args: Any, model: Any, tokenizer: Any, train_wi
     collator = transformers.DataCollatorForTokenClassification(
         tokenizer, pad_to_multiple_of=8 if args.device.type == "cuda" else None)
 
-    class TaggingTrainer(training.SeededTrainer):
+    class TaggingTrainer(training.subclass(trainer_class, training.SeededTrainer)):
         """Evaluations in dataset order (the Trainer groups them by length when training does): `word_metrics`
         reads each word from its windows by position."""
 
@@ -168,7 +192,7 @@ def make_trainer(cfg: RunConfig, args: Any, model: Any, tokenizer: Any, train_wi
 
     return finetune.shared_trainer(cfg, args, model, tokenizer, train_windows.features, eval_windows.features,
                                    collator, word_metrics(eval_windows, held_out, names), metric, unit="windows",
-                                   trainer_class=TaggingTrainer)
+                                   callbacks=callbacks, trainer_class=TaggingTrainer)
 
 
 def word_metrics(windows: tagged.Windows, held_out: Tagged, names: list[str]) -> Any:

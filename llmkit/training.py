@@ -118,6 +118,17 @@ def effective_batch_size(args: TrainingArguments, trainer: Trainer | None = None
     return per_device * args.gradient_accumulation_steps * args.world_size
 
 
+def subclass(given: type | None, base: type) -> type:
+    """The trainer class a run builds: `base`, or a subclass of it the caller gives (llmkit's order, loss and
+    callbacks live in `base`, so a class that is not one would silently train differently)."""
+    if given is None:
+        return base
+    if not (isinstance(given, type) and issubclass(given, base)):
+        raise ConfigError(f"trainer_class must be a subclass of llmkit.training.{base.__name__}, got {given!r}; "
+                          f"subclass it and override what you need")
+    return given
+
+
 class SeededTrainer(hf_compat.TrainerHooks, Trainer):
     """`Trainer` whose length-grouped batches are drawn from (data seed, epoch) over whole optimizer steps.
 

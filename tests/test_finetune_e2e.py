@@ -195,3 +195,43 @@ def test_multi_label_run(tiny_mlm, tmp_path):
     assert config["problem_type"] == "multi_label_classification" and config["id2label"]["1"] == "low"
     predictions = read_csv(out / "predictions.csv")
     assert len(predictions) == 4 and all(";" in r["gold"] or r["gold"] in POOLS for r in predictions)
+
+
+def test_a_run_takes_callbacks_and_a_trainer_subclass_from_python(tiny_mlm, tmp_path):
+    """`finetune.run(cfg, callbacks=..., trainer_class=...)`: a user's callback sees every step and their
+    subclass trains the run, with llmkit's own callbacks still in place; anything else is refused up front."""
+    import transformers
+
+    from llmkit import config as config_lib
+    from llmkit import finetune, pretrain, training
+    from llmkit.errors import ConfigError
+
+    class Steps(transformers.TrainerCallback):
+        def __init__(self):
+            self.steps = []
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.steps.append(state.global_step)
+
+    class CountingTrainer(training.SeededTrainer):
+        losses = 0
+
+        def compute_loss(self, *args, **kwargs):
+            type(self).losses += 1
+            return super().compute_loss(*args, **kwargs)
+
+    train = write_csv(tmp_path / "train.csv", topic_rows(48, seed=1))
+    flags = {"data.train": [str(train)], "model.name": str(tiny_mlm), "output_dir": str(tmp_path / "run"),
+             "training.max_steps": 4, "data.max_seq_length": 32}
+    cfg = config_lib.build("finetune", flags=flags, sets=["training.per_device_train_batch_size=8"])
+    steps = Steps()
+    summary = finetune.run(cfg, callbacks=[steps], trainer_class=CountingTrainer)
+    assert steps.steps == [1, 2, 3, 4] and summary["steps"] == 4
+    assert CountingTrainer.losses >= 4  # every training step (and the evaluations) went through the subclass
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["steps"] == 4  # llmkit's own outputs
+
+    for command, run, base in (("finetune", finetune.run, "SeededTrainer"), ("pretrain", pretrain.run, "MLMTrainer")):
+        cfg = config_lib.build(command, flags={**flags, "output_dir": str(tmp_path / "no")})
+        with pytest.raises(ConfigError, match=f"subclass of llmkit.training.{base}"):
+            run(cfg, trainer_class=transformers.Trainer)
+        assert not (tmp_path / "no").exists()
