@@ -39,6 +39,10 @@ Sets = Annotated[Optional[list[str]], typer.Option("--set", help="Override any s
 Precision = Annotated[Optional[str], typer.Option("--precision", help="auto | bf16 | fp16 | fp32 (default: auto).",
                                                   show_default=False)]
 # Options shared by the prediction commands.
+Device = Annotated[Optional[str], typer.Option("--device", help="cpu, cuda, cuda:1, ... (default: GPU if present).",
+                                               show_default=False)]
+BatchSize = Annotated[int, typer.Option("--batch-size", help="Texts per forward pass.")]
+AsJson = Annotated[bool, typer.Option("--json", help="Print JSON Lines, one object per input.")]
 Runtime = Annotated[str, typer.Option("--runtime", help="auto | torch | onnx | onnx-int8. auto: ONNX Runtime on a CPU "
                                       "when the run has a fresh `llmkit export`, else transformers (torch).")]
 
@@ -141,6 +145,34 @@ MainProcessPort = Annotated[Optional[int], typer.Option("--main-process-port", h
                                                         "(default 29500).", show_default=False)]
 
 
+# The options every training command takes, in this order after its own: one definition, the same meaning on each.
+TRAINING_OPTIONS: dict[str, tuple[Any, Any]] = {
+    "output_dir": (OutputDir, None), "max_steps": (MaxSteps, None), "epochs": (Epochs, None),
+    "precision": (Precision, None), "num_processes": (NumProcesses, None), "num_machines": (NumMachines, None),
+    "machine_rank": (MachineRank, None), "main_process_ip": (MainProcessIp, None),
+    "main_process_port": (MainProcessPort, None), "resume": (Resume, False), "overwrite": (Overwrite, False),
+    "set_": (Sets, None),
+}
+
+
+def training_command(func):
+    """`func(**own options, shared=...)` as a command whose options are its own followed by TRAINING_OPTIONS; the
+    shared ones reach `func` as one dict."""
+    import functools
+    import inspect
+
+    own = [p for p in inspect.signature(func, eval_str=True).parameters.values() if p.name != "shared"]
+    added = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=kind, default=default)
+             for name, (kind, default) in TRAINING_OPTIONS.items()]
+
+    @functools.wraps(func)
+    def command(**options: Any) -> None:
+        func(**{name: options.pop(name) for name in [p.name for p in own]}, shared=options)
+
+    command.__signature__ = inspect.Signature(own + added)  # what typer reads
+    return command
+
+
 def _machines(count: int | None, rank: int | None, ip: str | None, port: int | None) -> Any:
     from llmkit.environment import Machines
 
@@ -204,6 +236,7 @@ def prepare(
   llmkit pretrain --data notes.jsonl --set data.text_column=body --set training.learning_rate=3e-4
 
   llmkit pretrain bert-base-gpu --num-processes 16 --num-machines 2 --machine-rank 0 --main-process-ip 10.0.0.1""")
+@training_command
 def pretrain(
     recipe: Recipe = None,
     data: Annotated[Optional[list[str]], typer.Option("--data", "-d", help="Text file, folder, .jsonl/.json/.csv/"
@@ -220,27 +253,14 @@ def pretrain(
     size: Annotated[Optional[str], typer.Option("--size", help="tiny 2x128 | mini 4x256 | small 4x512 | medium "
                                                 "8x512 | base (BERT 12x768, ModernBERT 22x768) | large (layers x "
                                                 "hidden).", show_default=False)] = None,
-    output_dir: OutputDir = None,
-    max_steps: MaxSteps = None,
-    epochs: Epochs = None,
     max_seq_length: Annotated[Optional[int], typer.Option("--max-seq-length", help="Tokens per block.",
                                                           show_default=False)] = None,
-    precision: Precision = None,
-    num_processes: NumProcesses = None,
-    num_machines: NumMachines = None,
-    machine_rank: MachineRank = None,
-    main_process_ip: MainProcessIp = None,
-    main_process_port: MainProcessPort = None,
-    resume: Resume = False,
-    overwrite: Overwrite = False,
-    set_: Sets = None,
+    shared: dict | None = None,
 ) -> None:
     """Pretrain a masked language model (BERT-style), from scratch or from a checkpoint."""
-    flags = {"data.train": data, "data.eval": eval_data, "model.name": model, "model.tokenizer": tokenizer,
-             "model.arch": arch, "model.size": size, "output_dir": output_dir, "training.max_steps": max_steps,
-             "training.num_train_epochs": epochs, "data.max_seq_length": max_seq_length, "precision": precision}
-    _train("pretrain", recipe, flags, set_, num_processes,
-           (num_machines, machine_rank, main_process_ip, main_process_port), resume, overwrite)
+    _train("pretrain", recipe, {"data.train": data, "data.eval": eval_data, "model.name": model,
+                                "model.tokenizer": tokenizer, "model.arch": arch, "model.size": size,
+                                "data.max_seq_length": max_seq_length}, shared)
 
 
 @app.command(epilog="""Examples:
@@ -254,6 +274,7 @@ def pretrain(
   llmkit finetune glue-sst2 --model bert-base-uncased        # a shipped recipe
 
   llmkit finetune --data train.conll --eval-data dev.conll --model bert-base-cased -o runs/ner   # entities""")
+@training_command
 def finetune(
     recipe: Recipe = None,
     data: Annotated[Optional[list[str]], typer.Option("--data", "-d", help="Training data: CSV/TSV/JSONL/JSON/"
@@ -271,44 +292,34 @@ def finetune(
     task: Annotated[Optional[str], typer.Option("--task", help="text-classification or token-classification "
                                                 "(default: token-classification for .conll/.iob/.bio files and "
                                                 "list-of-words columns).", show_default=False)] = None,
-    output_dir: OutputDir = None,
-    max_steps: MaxSteps = None,
-    epochs: Epochs = None,
     max_seq_length: Annotated[Optional[int], typer.Option("--max-seq-length", help="Truncate texts to N tokens.",
                                                           show_default=False)] = None,
-    precision: Precision = None,
-    num_processes: NumProcesses = None,
-    num_machines: NumMachines = None,
-    machine_rank: MachineRank = None,
-    main_process_ip: MainProcessIp = None,
-    main_process_port: MainProcessPort = None,
-    resume: Resume = False,
-    overwrite: Overwrite = False,
-    set_: Sets = None,
+    shared: dict | None = None,
 ) -> None:
     """Fine-tune a sequence classifier (or regressor) or a token classifier (entities, tagging) on labeled data."""
-    flags = {"data.train": data, "data.eval": eval_data, "model.name": model, "data.text_column": text_column,
-             "data.text_pair_column": text_pair_column, "data.label_column": label_column,
-             "output_dir": output_dir, "training.max_steps": max_steps, "training.num_train_epochs": epochs,
-             "data.max_seq_length": max_seq_length, "precision": precision, "finetune.task": task}
-    _train("finetune", recipe, flags, set_, num_processes,
-           (num_machines, machine_rank, main_process_ip, main_process_port), resume, overwrite)
+    _train("finetune", recipe, {"data.train": data, "data.eval": eval_data, "model.name": model,
+                                "data.text_column": text_column, "data.text_pair_column": text_pair_column,
+                                "data.label_column": label_column, "finetune.task": task,
+                                "data.max_seq_length": max_seq_length}, shared)
 
 
-def _train(command: str, recipe: str | None, flags: dict, sets: list[str] | None, num_processes: int | None,
-           machines: tuple, resume: bool, overwrite: bool) -> None:
+def _train(command: str, recipe: str | None, flags: dict, shared: dict) -> None:
     """pretrain / finetune: the config from recipe < flags < --set, a launch when asked (only once the config is
     valid: bad settings exit 2 before any launch), the run, and its result on stdout."""
     _quiet_libraries()
+    flags = {**flags, "output_dir": shared["output_dir"], "training.max_steps": shared["max_steps"],
+             "training.num_train_epochs": shared["epochs"], "precision": shared["precision"]}
+    machines = [shared[name] for name in ("num_machines", "machine_rank", "main_process_ip", "main_process_port")]
 
     def go():
         import importlib
 
         from llmkit import config
 
-        cfg = config.build(command, recipe, flags, sets)
-        _launch(num_processes, _machines(*machines))
-        metrics = importlib.import_module(f"llmkit.{command}").run(cfg, resume=resume, overwrite=overwrite)
+        cfg = config.build(command, recipe, flags, shared["set_"])
+        _launch(shared["num_processes"], _machines(*machines))
+        metrics = importlib.import_module(f"llmkit.{command}").run(cfg, resume=shared["resume"],
+                                                                   overwrite=shared["overwrite"])
         _print_result(metrics, cfg.output_dir)
 
     guarded(go)
@@ -344,10 +355,9 @@ def fill_mask(
     top_k: Annotated[int, typer.Option("--top-k", "-k", help="Candidates per mask.")] = 5,
     targets: Annotated[Optional[str], typer.Option("--targets", help="Comma-separated words to score instead of "
                                                    "the whole vocabulary.", show_default=False)] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON Lines, one object per input.")] = False,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Texts per forward pass.")] = 64,
-    device: Annotated[Optional[str], typer.Option("--device", help="cpu, cuda, cuda:1, ... (default: GPU if "
-                                                  "present).", show_default=False)] = None,
+    as_json: AsJson = False,
+    batch_size: BatchSize = 64,
+    device: Device = None,
     precision: Precision = None,
     runtime: Runtime = "auto",
 ) -> None:
@@ -377,14 +387,14 @@ def predict(
                                                       "lines ('-' for stdin).", show_default=False)] = None,
     output: Annotated[Optional[str], typer.Option("--output", help="Write predictions to this CSV/JSONL file.",
                                                   show_default=False)] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON Lines, one object per input.")] = False,
+    as_json: AsJson = False,
     text_column: Annotated[Optional[str], typer.Option("--text-column", help="Text column of a CSV/JSONL input.",
                                                        show_default=False)] = None,
     text_pair_column: Annotated[Optional[str], typer.Option("--text-pair-column", help="Second text column.",
                                                             show_default=False)] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Texts per forward pass.")] = 64,
-    device: Annotated[Optional[str], typer.Option("--device", help="cpu, cuda, ... (default: GPU if present).",
-                                                  show_default=False)] = None,
+    batch_size: BatchSize = 64,
+    device: Device = None,
+    precision: Precision = None,
     runtime: Runtime = "auto",
 ) -> None:
     """Classify texts with a fine-tuned model: label names and scores, in input order."""
@@ -395,7 +405,7 @@ def predict(
 
         command.main(model, texts or [], input_file=input_file, output=output, as_json=as_json,
                      text_column=text_column, text_pair_column=text_pair_column, batch_size=batch_size,
-                     device=device, runtime=runtime)
+                     device=device, precision=precision or "auto", runtime=runtime)
 
     guarded(go)
 
@@ -446,8 +456,7 @@ def serve(
     host: Annotated[str, typer.Option("--host", help="Address to bind (0.0.0.0 to accept other machines; needs "
                                       "--api-key).")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", help="TCP port (0: any free port, printed at start).")] = 8000,
-    device: Annotated[Optional[str], typer.Option("--device", help="cpu, cuda, cuda:1, ... (default: GPU if "
-                                                  "present).", show_default=False)] = None,
+    device: Device = None,
     precision: Precision = None,
     api_key: Annotated[Optional[str], typer.Option("--api-key", envvar="LLMKIT_API_KEY", show_default=False,
                                                    help="Every request but GET /health must send 'Authorization: "
@@ -471,15 +480,13 @@ def serve(
     runtime: Runtime = "auto",
 ) -> None:
     """Keep models loaded and answer fill-mask / text-classification requests over HTTP (inference API shapes)."""
+    options = {**locals(), "precision": precision or "auto"}  # serve.main takes every option by its name
     _quiet_libraries()
 
     def go():
         from llmkit import serve as command
 
-        command.main(models, host=host, port=port, device=device, precision=precision or "auto", runtime=runtime,
-                     max_batch=max_batch, api_key=api_key, insecure_no_key=insecure_no_key,
-                     max_request_bytes=max_request_bytes, max_connections=max_connections, max_queue=max_queue,
-                     header_timeout=header_timeout, body_timeout=body_timeout, keep_alive_timeout=keep_alive_timeout)
+        command.main(options.pop("models"), **options)
 
     guarded(go)
 

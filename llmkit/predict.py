@@ -24,7 +24,8 @@ from llmkit.errors import DataError
 
 def main(model: str, texts: Sequence[str], input_file: str | None = None, output: str | None = None,
          as_json: bool = False, text_column: str | None = None, text_pair_column: str | None = None,
-         batch_size: int = 64, device: str | None = None, runtime: str = "auto") -> list[dict[str, Any]]:
+         batch_size: int = 64, device: str | None = None, runtime: str = "auto",
+         precision: str = "auto") -> list[dict[str, Any]]:
     """Classify `texts` (or the texts of `input_file`) and print or write the predictions."""
     # 1. inputs and output checked before the model loads
     rows, pairs = labeled.read_inputs(texts, input_file, text_column, text_pair_column, DataConfig())
@@ -38,7 +39,7 @@ def main(model: str, texts: Sequence[str], input_file: str | None = None, output
     if task == "token-classification" and pairs is not None:
         raise DataError("A token classifier tags one text at a time; drop --text-pair-column.")
     classifier = inference.load(model, "text-classification" if task == "fill-mask" else task, device,
-                                runtime=runtime)
+                                precision=precision, runtime=runtime)
     log(f"predict: {classifier.describe()}")
     if task == "token-classification":
         return tag(classifier, rows, output, as_json, batch_size)
@@ -49,15 +50,21 @@ def main(model: str, texts: Sequence[str], input_file: str | None = None, output
     records = [with_inputs(r, t, p) for r, t, p in zip(results, rows, pairs or [None] * len(rows))]
 
     # 4. stdout (a table or JSON Lines) or a file
+    emit(records, output, as_json, table, lambda path: outputs.write_predictions(path, records),
+         f"{len(records):,} predictions")
+    return records
+
+
+def emit(records: list[dict[str, Any]], output: str | None, as_json: bool, show: Any, write: Any, what: str) -> None:
+    """Predictions to the `output` file (`write(path)`), or to stdout as JSON Lines or as `show(records)`."""
     if output is not None:
-        outputs.write_predictions(Path(output), records)
-        log(f"wrote {len(records):,} predictions to {output}")
+        write(Path(output).expanduser())
+        log(f"wrote {what} to {output}")
     elif as_json:
         for record in records:
             print(json.dumps(record, ensure_ascii=False))
     else:
-        print(table(records))
-    return records
+        print(show(records))
 
 
 def tag(tagger: inference.Loaded, rows: list[str], output: str | None, as_json: bool,
@@ -67,18 +74,10 @@ def tag(tagger: inference.Loaded, rows: list[str], output: str | None, as_json: 
     from llmkit import entities
 
     records = [{"text": text, "entities": found} for text, found in zip(rows, entities.find(tagger, rows, batch_size))]
-    if output is not None:
-        path = Path(output).expanduser()
-        if path.suffix.lower() == ".jsonl":  # full records, as for every prediction file
-            outputs.write_predictions(path, records)
-        else:
-            write_entity_table(path, records)
-        log(f"wrote the entities of {len(records):,} texts to {output}")
-    elif as_json:
-        for record in records:
-            print(json.dumps(record, ensure_ascii=False))
-    else:
-        print(entity_table(records))
+    def write(path: Path) -> None:  # JSON Lines: full records, as for every prediction file
+        (outputs.write_predictions if path.suffix.lower() == ".jsonl" else write_entity_table)(path, records)
+
+    emit(records, output, as_json, entity_table, write, f"the entities of {len(records):,} texts")
     return records
 
 

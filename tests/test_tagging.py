@@ -394,7 +394,7 @@ def test_predict_gives_the_pipeline_entities_and_serve_answers_the_inference_api
     proc, port, _ = start_server(out)
     try:
         texts = ["gamma gamma mu zeta kappa alpha", "北京是中国的首都", "tau"]
-        predict.main(str(out), texts, as_json=True, runtime="torch", device="cpu")
+        predict.main(str(out), texts, as_json=True, runtime="torch", device="cpu", precision="fp32")
         printed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
         tagger = pipeline("token-classification", model=str(out), aggregation_strategy="simple", device="cpu")
         for text, record in zip(texts, printed):
@@ -405,7 +405,8 @@ def test_predict_gives_the_pipeline_entities_and_serve_answers_the_inference_api
             assert [e["score"] for e in record["entities"]] == \
                 pytest.approx([float(e["score"]) for e in expected], abs=1e-4)
 
-        predict.main(str(out), texts, output=str(tmp_path / "e.jsonl"), runtime="torch", device="cpu")
+        predict.main(str(out), texts, output=str(tmp_path / "e.jsonl"), runtime="torch", device="cpu",
+                     precision="fp32")
         assert [json.loads(line) for line in (tmp_path / "e.jsonl").read_text().splitlines()] == printed
         predict.main(str(out), texts, output=str(tmp_path / "e.csv"), runtime="torch", device="cpu")
         table = (tmp_path / "e.csv").read_text(encoding="utf-8").splitlines()
