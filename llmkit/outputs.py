@@ -349,13 +349,41 @@ def output_lock(output_dir: str):
     if not is_main_process():
         yield
         return
-    import errno
-    import fcntl
     import socket
 
     path = Path(output_dir).expanduser().absolute()
     lock = lock_path(path)
     created = [p for p in [lock.parent, *lock.parent.parents] if not p.exists()]
+    fd = locked(lock, path)
+    if fd is None:
+        warn(f"the filesystem of {lock.parent} has no file locks: a second run on {path} would not be stopped")
+        yield
+        return
+    try:
+        previous = os.read(fd, 500).decode("utf-8", "replace").strip()
+        if previous:
+            log(f"the run that held {path} ({previous}) ended without releasing it and is gone; taking it over")
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}"
+                  .encode(), 0)
+        yield
+    finally:
+        try:  # removed while still held: a run that opens it next finds it gone and makes its own (see above)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(lock)
+        finally:
+            os.close(fd)
+        for folder in created:  # made only to hold the lock, and still empty: nothing was written
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+
+
+def locked(lock: Path, path: Path) -> int | None:
+    """A descriptor of `lock` holding its exclusive flock (None: the filesystem has no locks); held by another
+    run: refused, naming the holder."""
+    import errno
+    import fcntl
+
     while True:
         try:
             lock.parent.mkdir(parents=True, exist_ok=True)
@@ -374,32 +402,13 @@ def output_lock(output_dir: str):
             os.close(fd)
             if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
                 raise
-            warn(f"the filesystem of {lock.parent} has no file locks: a second run on {path} would not be stopped")
-            yield
-            return
+            return None
         try:
             if os.path.samestat(os.fstat(fd), os.stat(lock)):
-                break
+                return fd
         except FileNotFoundError:
             pass
         os.close(fd)  # the holder removed the file between our open and flock: take the new one
-    try:
-        previous = os.read(fd, 500).decode("utf-8", "replace").strip()
-        if previous:
-            log(f"the run that held {path} ({previous}) ended without releasing it and is gone; taking it over")
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}"
-                  .encode(), 0)
-        yield
-    finally:
-        try:  # removed while still held: a run that opens it next finds it gone and makes its own (see above)
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(lock)
-        finally:
-            os.close(fd)
-        for folder in created:  # made only to hold the lock, and still empty: nothing was written
-            with contextlib.suppress(OSError):
-                folder.rmdir()
 
 
 def holds_output_dir(recipe: Callable[..., Any]) -> Callable[..., Any]:

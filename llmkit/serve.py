@@ -50,10 +50,12 @@ import socket
 import sys
 import threading
 from collections.abc import Callable, Collection
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
+
+import h11
 
 from llmkit.console import log
 from llmkit.errors import ConfigError, DataError, LlmkitError, RunError
@@ -470,59 +472,62 @@ class Guard:
         return None
 
 
-def protocol_class() -> type:
-    """uvicorn's h11 protocol with a deadline on each request's headers and JSON for the 400s it writes itself."""
-    import h11
-    from uvicorn.protocols.http.h11_impl import H11Protocol
+class StrictHTTP:
+    """What llmkit's HTTP protocol adds to uvicorn's h11 one (`protocol_class`): a deadline on each request's
+    headers, JSON for the 400s it writes itself, and no reading of a body that was answered before it came."""
 
-    class Protocol(H11Protocol):
-        def __init__(self, *args: Any, header_timeout: float, **kwargs: Any):
-            super().__init__(*args, **kwargs)
-            self.header_timeout, self.header_timer = header_timeout, None
+    def __init__(self, *args: Any, header_timeout: float, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.header_timeout, self.header_timer = header_timeout, None
 
-        def connection_made(self, transport: Any) -> None:
-            super().connection_made(transport)
-            self.watch_headers()
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(transport)
+        self.watch_headers()
 
-        def data_received(self, data: bytes) -> None:
-            super().data_received(data)
-            self.watch_headers()
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        self.watch_headers()
 
-        def watch_headers(self) -> None:
-            """A deadline runs while the client owes the headers of a request: from the connection (or the first
-            byte after a kept-alive response, before which uvicorn's keep-alive timeout runs) to their end."""
-            waiting = self.conn.their_state is h11.IDLE and not self.transport.is_closing()
-            if waiting and self.header_timer is None:
-                self.header_timer = self.loop.call_later(self.header_timeout, self.headers_too_slow)
-            elif not waiting and self.header_timer is not None:
-                self.header_timer.cancel()
-                self.header_timer = None
-
-        def headers_too_slow(self) -> None:
+    def watch_headers(self) -> None:
+        """A deadline runs while the client owes the headers of a request: from the connection (or the first
+        byte after a kept-alive response, before which uvicorn's keep-alive timeout runs) to their end."""
+        waiting = self.conn.their_state is h11.IDLE and not self.transport.is_closing()
+        if waiting and self.header_timer is None:
+            self.header_timer = self.loop.call_later(self.header_timeout, self.headers_too_slow)
+        elif not waiting and self.header_timer is not None:
+            self.header_timer.cancel()
             self.header_timer = None
-            if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
-                if self.conn.trailing_data[0]:  # half a request came; a silent connection is just closed
-                    self.transport.write(raw_error(408, f"the request headers did not arrive within "
-                                                        f"{self.header_timeout:g} s"))
-                self.transport.close()
 
-        def send_400_response(self, msg: str) -> None:
-            if self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):  # no answer of ours is half written
-                self.transport.write(raw_error(400, "malformed HTTP/1.1 request (request line, headers, "
-                                                    "Content-Length or chunked framing)"))
+    def headers_too_slow(self) -> None:
+        self.header_timer = None
+        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+            if self.conn.trailing_data[0]:  # half a request came; a silent connection is just closed
+                self.transport.write(raw_error(408, f"the request headers did not arrive within "
+                                                    f"{self.header_timeout:g} s"))
             self.transport.close()
 
-        def on_response_complete(self) -> None:
-            if self.conn.their_state is h11.SEND_BODY:  # answered before the body was read (413, 401, 404, ...):
-                self.transport.close()  # the rest is not read, where uvicorn would read and drop it without end
-            super().on_response_complete()
+    def send_400_response(self, msg: str) -> None:
+        if self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):  # no answer of ours is half written
+            self.transport.write(raw_error(400, "malformed HTTP/1.1 request (request line, headers, "
+                                                "Content-Length or chunked framing)"))
+        self.transport.close()
 
-        def connection_lost(self, exc: Exception | None) -> None:
-            if self.header_timer is not None:
-                self.header_timer.cancel()
-            super().connection_lost(exc)
+    def on_response_complete(self) -> None:
+        if self.conn.their_state is h11.SEND_BODY:  # answered before the body was read (413, 401, 404, ...):
+            self.transport.close()  # the rest is not read, where uvicorn would read and drop it without end
+        super().on_response_complete()
 
-    return Protocol
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.header_timer is not None:
+            self.header_timer.cancel()
+        super().connection_lost(exc)
+
+
+def protocol_class() -> type:
+    """uvicorn's h11 protocol with `StrictHTTP`'s rules."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    return type("Protocol", (StrictHTTP, H11Protocol), {})
 
 
 def load_models(models: list[str], device: str | None, precision: str, max_batch: int,

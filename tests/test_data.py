@@ -12,7 +12,6 @@ import pytest
 
 from llmkit import config, data
 from llmkit.data import prepared as prep
-from llmkit.data import sources
 from llmkit.errors import DataError
 from tests.conftest import prepare_texts as prepare
 from tests.conftest import toy_corpus

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import OFFLINE, last_json, make_tiny_mlm, run_cli, toy_corpus
+from tests.conftest import OFFLINE, last_json, run_cli, toy_corpus
 
 pytestmark = [pytest.mark.gpu, pytest.mark.slow,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]

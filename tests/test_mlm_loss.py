@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from llmkit import data, training
-from llmkit.modeling import MaskedPositionsHead, train_tokenizer
+from llmkit.modeling import train_tokenizer
 from tests.conftest import prepare_texts, toy_corpus
 
 VOCAB, SEQ = 120, 16

@@ -91,7 +91,7 @@ def test_predict_is_the_same_on_both_runtimes(classifier):
 
 
 def test_the_onnx_path_imports_neither_torch_nor_transformers(mlm, classifier):
-    script = (f"import sys; from llmkit import cli; sys.argv = ['llmkit', *{{cmd}}]\n"
+    script = ("import sys; from llmkit import cli; sys.argv = ['llmkit', *{cmd}]\n"
               "try:\n    cli.main()\nexcept SystemExit:\n    pass\n"
               "print('LOADED', sorted(m for m in ('torch', 'transformers') if m in sys.modules), file=sys.stderr)")
     for command in (["fill-mask", str(mlm), "alpha [MASK] gamma"], ["predict", str(classifier), "alpha beta"]):

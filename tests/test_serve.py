@@ -125,8 +125,6 @@ def test_fill_mask_in_the_inference_api_shape(server, tiny_mlm):
 
 
 def test_classification_in_the_inference_api_shape(server):
-    from llmkit import inference
-
     url, _, _, clf = server
     status, [body] = post(f"{url}/models/{clf}", {"inputs": TEXTS[0]})  # one ranking per text, as the API answers
     assert status == 200 and [set(r) for r in body] == [{"label", "score"}] * 2

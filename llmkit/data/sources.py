@@ -29,7 +29,7 @@ import json
 import lzma
 import os
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -101,6 +101,12 @@ def is_local(source: str) -> bool:
     return os.sep in source and not (len(parts) == 2 and all(parts))  # org/name is a hub name
 
 
+def files_in(folder: Path, keep: Callable[[Path], bool]) -> list[Path]:
+    """The files below `folder` (recursively, sorted) that `keep` accepts, hidden files and folders left out."""
+    return sorted(p for p in folder.rglob("*") if p.is_file() and keep(p)
+                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+
+
 def expand_files(sources: Sequence[str]) -> list[Path]:
     """Files named directly, or found (recursively, sorted) in folders; each checked to exist and be readable."""
     expected = "Expected .txt, .jsonl, .json, .csv, .tsv or .parquet files (text and JSON may be .gz/.bz2/.xz/.zst)"
@@ -108,8 +114,7 @@ def expand_files(sources: Sequence[str]) -> list[Path]:
     for source in sources:
         path = Path(source).expanduser()
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.is_file() and is_data_file(p)
-                           and not any(part.startswith(".") for part in p.relative_to(path).parts))
+            found = files_in(path, is_data_file)
             if not found:
                 raise DataError(f"Folder '{source}' has no data files. {expected} in it.")
             files.extend(found)

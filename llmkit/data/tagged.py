@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from llmkit.console import log
-from llmkit.data.sources import expand_files, is_data_file, is_local, open_binary, pick_column, suffixes
+from llmkit.data.sources import expand_files, files_in, is_data_file, is_local, open_binary, pick_column, suffixes
 from llmkit.errors import DataError, ModelError
 
 if TYPE_CHECKING:
@@ -112,9 +112,7 @@ def tagged_files(sources: Sequence[str]) -> list[Path]:
     for source in sources:
         path = Path(source).expanduser()
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.is_file() and is_tagged_file(p)
-                           and not any(part.startswith(".") for part in p.relative_to(path).parts))
-            files += found or expand_files([source])
+            files += files_in(path, is_tagged_file) or expand_files([source])
         elif is_tagged_file(path) and path.is_file():
             if not os.access(path, os.R_OK):
                 raise DataError(f"Data file '{path}' is not readable (permission denied). Fix its permissions.")
@@ -257,8 +255,8 @@ def read_table(table: Any, source: str, cfg_data: DataConfig) -> tuple[Tagged, l
             found = len(t) if isinstance(t, list) else "no list of"
             problems.setdefault(f"{len(w)} words but {found} tags", []).append(row)
         elif not all(isinstance(x, str) and x.strip() for x in t):
-            problems.setdefault(f"a tag is not a name (ids need ClassLabel names; give tag strings such as "
-                                f"'B-PER')", []).append(row)
+            problems.setdefault("a tag is not a name (ids need ClassLabel names; give tag strings such as "
+                                "'B-PER')", []).append(row)
     if problems:
         shown = "; ".join(f"row {rows[0]}: {what}" + (f" (and {len(rows) - 1} more rows)" if len(rows) > 1 else "")
                           for what, rows in problems.items())
