@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from llmkit import config as config_lib
-from llmkit import entities, finetune, metrics, modeling, outputs
+from llmkit import entities, metrics, modeling, outputs, supervised
 from llmkit.config import RunConfig
 from llmkit.console import log
 from llmkit.data import tagged
@@ -37,7 +37,7 @@ def run(cfg: RunConfig, resume: bool = False, overwrite: bool = False, *, callba
     `trainer_class` as for `finetune.run`."""
     # 1. validate everything cheap before loading anything
     stride = check_settings(cfg, trainer_class)
-    run_dir, finished = outputs.check_run_dir(cfg, resume, overwrite, finetune.RESUMABLE_CHANGES, log)
+    run_dir, finished = outputs.check_run_dir(cfg, resume, overwrite, supervised.RESUMABLE_CHANGES, log)
     if finished is not None:
         return finished
     tagged.check_sources(cfg.data)
@@ -52,7 +52,7 @@ def run(cfg: RunConfig, resume: bool = False, overwrite: bool = False, *, callba
     # 3. placement and precision (sets up the process group under accelerate/torchrun)
     from llmkit import training
 
-    precision, args, attention = finetune.placement(cfg, run_dir, metric)
+    precision, args, attention = supervised.placement(cfg, run_dir, metric)
 
     # 4. tokenizer and model: the encoder of the checkpoint plus a fresh token classification head
     tokenizer, model = tagger(cfg, names, attention)
@@ -111,8 +111,8 @@ def training_summary(train_metrics: dict, trainer: Any, effective_batch: int, pr
 
 
 def check_settings(cfg: RunConfig, trainer_class: type | None) -> int:
-    """`finetune.check_settings`, seqeval (entity metrics: found missing now, not after training); the stride."""
-    finetune.check_settings(cfg, trainer_class)
+    """`supervised.check_settings`, seqeval (entity metrics: found missing now, not after training); the stride."""
+    supervised.check_settings(cfg, trainer_class)
     if importlib.util.find_spec("seqeval") is None:
         raise ConfigError("Token classification scores entities with seqeval, which is not installed here: "
                           "pip install seqeval")
@@ -190,7 +190,7 @@ def make_trainer(cfg: RunConfig, args: Any, model: Any, tokenizer: Any, train_wi
 
             return torch.utils.data.SequentialSampler(dataset) if self.args.world_size <= 1 else sampler
 
-    return finetune.shared_trainer(cfg, args, model, tokenizer, train_windows.features, eval_windows.features,
+    return supervised.shared_trainer(cfg, args, model, tokenizer, train_windows.features, eval_windows.features,
                                    collator, word_metrics(eval_windows, held_out, names), metric, unit="windows",
                                    callbacks=callbacks, trainer_class=TaggingTrainer)
 

@@ -117,7 +117,7 @@ def test_datasets_class_labels_become_their_names(tmp_path):
 
 def test_best_model_selection_arguments_are_valid_training_arguments(tmp_path):
     from llmkit import training
-    from llmkit.finetune import check_settings, selection_arguments
+    from llmkit.supervised import check_settings, selection_arguments
 
     cfg = config.build("finetune", "glue-sst2")  # evaluates every 500 steps; saves per epoch by default
     extra = selection_arguments(cfg, "accuracy")
