@@ -26,7 +26,8 @@ import numpy as np
 
 from llmkit.console import log
 from llmkit.data.corpus import cache_root
-from llmkit.data.sources import TEXT_SUFFIXES, expand_files, guesses, is_local, is_number, pick_column, suffixes
+from llmkit.data.sources import (TABLE_LOADERS, TEXT_SUFFIXES, expand_files, guesses, is_local, is_number, pick_column,
+                                 suffixes)
 from llmkit.data.sources import load_table as load_dataset_table
 from llmkit.errors import DataError
 
@@ -35,7 +36,6 @@ if TYPE_CHECKING:
 
     from llmkit.config import DataConfig, RunConfig
 
-BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".tsv": "csv", ".parquet": "parquet"}
 FEATURES_VERSION = 3  # bump when the layout of cached features changes
 
 
@@ -49,9 +49,9 @@ def load_table(source: str, files: list[Path] | None, cfg_data: DataConfig, spli
     if len(formats) > 1:
         raise DataError(f"Data files of '{source}' mix formats ({', '.join(sorted(formats))}). Give files of one format.")
     fmt = formats.pop()
-    kwargs: dict[str, Any] = {"delimiter": "\t"} if fmt == ".tsv" else {}
+    builder, kwargs = TABLE_LOADERS[fmt]
     try:
-        return datasets.load_dataset(BUILDERS[fmt], data_files=[str(f) for f in files], split="train", **kwargs)
+        return datasets.load_dataset(builder, data_files=[str(f) for f in files], split="train", **kwargs)
     except Exception as e:  # noqa: BLE001 - parsers raise many kinds; all mean "malformed file"
         cause = e.__cause__ or e
         msg = str(cause).splitlines()[0] if str(cause) else type(cause).__name__

@@ -38,7 +38,11 @@ from llmkit import hf_compat
 from llmkit.errors import DataError, did_you_mean
 
 TEXT_SUFFIXES = {".txt", ".text", ".md"}
-TABLE_SUFFIXES = {".jsonl", ".json", ".csv", ".tsv", ".parquet"}
+# suffix -> (`datasets` builder, its arguments): the one map from a table file to the loader that reads it
+TABLE_LOADERS: dict[str, tuple[str, dict[str, Any]]] = {
+    ".jsonl": ("json", {}), ".json": ("json", {}), ".csv": ("csv", {}), ".tsv": ("csv", {"delimiter": "\t"}),
+    ".parquet": ("parquet", {})}
+TABLE_SUFFIXES = set(TABLE_LOADERS)
 COMPRESSIONS = {".gz", ".bz2", ".xz", ".zst"}
 TEXT_COLUMN_GUESSES = ("text", "sentence", "content", "document", "review", "body", "sentence1", "question")
 SNIFF_BYTES = 1 << 20  # a text file's document rule is decided from its first MB
@@ -421,8 +425,8 @@ def open_stream(source: str, options: dict[str, Any]) -> Any:
     try:
         if path.is_file():
             fmt, _ = suffixes(path)
-            builder = {".jsonl": "json", ".json": "json", ".tsv": "csv"}.get(fmt, fmt.lstrip("."))
-            kwargs: dict[str, Any] = {"delimiter": "\t"} if fmt == ".tsv" else {}
+            builder, given = TABLE_LOADERS.get(fmt, (fmt.lstrip("."), {}))
+            kwargs = dict(given)
             if fmt in TEXT_SUFFIXES:
                 builder = "text"
                 rule = options.get("rule")
