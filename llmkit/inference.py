@@ -390,7 +390,7 @@ def text_batches(texts: Sequence[str], input_file: str | None, size: int = 256) 
             yield lines[start:start + size]
         return
     if input_file == "-":
-        yield from _line_batches(sys.stdin.buffer.fileno(), "stdin", size)
+        yield from line_batches(sys.stdin.buffer.fileno(), "stdin", size)
         return
     path = Path(input_file).expanduser()
     if not path.exists() or path.is_dir():  # not `is_file()`: a named pipe, e.g. <(command), is fine
@@ -399,12 +399,12 @@ def text_batches(texts: Sequence[str], input_file: str | None, size: int = 256) 
                         f"stdin.")
     fd = os.open(path, os.O_RDONLY)
     try:
-        yield from _line_batches(fd, f"'{input_file}'", size)
+        yield from line_batches(fd, f"'{input_file}'", size)
     finally:
         os.close(fd)
 
 
-def _line_batches(fd: int, where: str, size: int) -> Iterator[list[str]]:
+def line_batches(fd: int, where: str, size: int) -> Iterator[list[str]]:
     """Batches of lines from `fd`. From a pipe or terminal a batch goes on whenever a read ends (the input paused);
     a regular file never pauses, so it is read in full batches (fewer, better-sorted batches)."""
     whole = stat.S_ISREG(os.fstat(fd).st_mode)

@@ -306,7 +306,7 @@ def test_a_file_is_read_in_full_batches_a_pipe_as_it_arrives(tmp_path):
     read, write = os.pipe()
     writer = threading.Thread(target=lambda: (os.write(write, b"one [MASK]\n"), os.close(write)))
     writer.start()
-    assert list(inference._line_batches(read, "a pipe", 1000)) == [["one [MASK]"]]
+    assert list(inference.line_batches(read, "a pipe", 1000)) == [["one [MASK]"]]
     writer.join()
     os.close(read)
 

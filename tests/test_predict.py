@@ -131,6 +131,47 @@ def test_cli_reads_stdin_and_does_not_import_the_trainer(tiny_classifier):
     assert [json.loads(line)["text"] for line in result.stdout.splitlines()] == ["mu nu", "alpha beta gamma"]
 
 
+def test_stdin_is_streamed_json_lines_and_plain_lines_alike(tiny_classifier):
+    """Each stdin line is answered before the next is sent (stdin still open), JSON Lines with their pair column as
+    well as plain lines, with the scores of the same texts given as arguments; a bad line later on is one error."""
+    expected = {r["text"]: r["score"] for r in predict.main(str(tiny_classifier), TEXTS, device="cpu",
+                                                            precision="fp32")}
+    paired = predict.main(str(tiny_classifier), [], input_file=str(write_pairs(tiny_classifier.parent)),
+                          device="cpu", precision="fp32")
+    for lines in ([json.dumps({"sentence1": t, "sentence2": "alpha beta", "id": i}) for i, t in enumerate(TEXTS)],
+                  TEXTS):
+        proc = subprocess.Popen([sys.executable, "-m", "llmkit", "predict", str(tiny_classifier), "--input-file", "-",
+                                 "--json", "--device", "cpu", "--precision", "fp32"], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **OFFLINE})
+        try:
+            for i, line in enumerate(lines):
+                proc.stdin.write(line + "\n")
+                proc.stdin.flush()
+                record = json.loads(proc.stdout.readline())  # out while stdin is still open
+                assert record["text"] == TEXTS[i]
+                if lines is TEXTS:
+                    assert record["score"] == pytest.approx(expected[TEXTS[i]], abs=1e-5)
+                else:
+                    assert record["text_pair"] == "alpha beta"
+                    assert record["score"] == pytest.approx(paired[i]["score"], abs=1e-5)
+            proc.stdin.write('{"sentence1": 3}\n' if lines is not TEXTS else "")
+            proc.stdin.close()
+            code = proc.wait(timeout=60)
+            error = proc.stderr.read()
+            if lines is TEXTS:
+                assert code == 0 and proc.stdout.read() == ""
+            else:
+                assert code == 2 and "Line 5 of stdin has no text in 'sentence1'" in error.splitlines()[-1]
+        finally:
+            proc.kill()
+
+
+def write_pairs(folder):
+    path = folder / "pairs-for-stdin.jsonl"
+    path.write_text("".join(json.dumps({"sentence1": t, "sentence2": "alpha beta"}) + "\n" for t in TEXTS))
+    return path
+
+
 def test_reads_every_format_that_finetune_reads(tiny_classifier, tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq

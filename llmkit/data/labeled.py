@@ -2,8 +2,8 @@
 
 - `labeled_data(cfg)`: the training and evaluation sets of a fine-tuning run (CSV, TSV, JSON Lines, JSON, parquet
   or a `datasets` name), columns picked or auto-detected, every label checked, the problem type decided;
-- `read_inputs(...)`: the texts (and text pairs) for `llmkit predict`, from arguments, any table format that
-  fine-tuning reads, plain text lines, or stdin;
+- `input_batches(...)`: the texts (and text pairs) for `llmkit predict`, from arguments, any table format that
+  fine-tuning reads, plain text lines, or stdin (streamed);
 - `features(...)`: tokenized examples, cached on disk like pretraining data.
 """
 
@@ -15,9 +15,8 @@ import math
 import os
 import shutil
 import sys
-import tempfile
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -401,30 +400,83 @@ def pick_text_columns(columns: Sequence[str], text_column: str | None, pair_colu
     return text, pair, text_column is None
 
 
-def read_inputs(texts: Sequence[str], input_file: str | None, text_column: str | None,
-                pair_column: str | None, cfg_data: DataConfig) -> tuple[list[str], list[str] | None]:
-    """(texts, text pairs or None) to classify: the arguments, a table in any format fine-tuning reads, plain-text
-    lines (one text per line), or stdin ('-': JSON Lines when it starts with '{', else lines)."""
+def input_batches(texts: Sequence[str], input_file: str | None, text_column: str | None, pair_column: str | None,
+                  cfg_data: DataConfig, size: int = 256) -> Iterator[tuple[list[str], list[str] | None]]:
+    """(texts, text pairs or None) to classify, in batches: the arguments, a table in any format fine-tuning reads
+    or plain-text lines (one text per line), all in one batch; stdin ('-') in batches of at most `size` as its
+    lines arrive (JSON Lines when the first starts with '{', else one text per line), so a stream is answered
+    while it runs, in bounded memory."""
+    if input_file == "-" and not texts:
+        yield from _stdin_batches(text_column, pair_column, size)
+        return
     if texts and input_file:
         raise DataError("Give texts as arguments or with --input-file, not both.")
     if texts:
         if pair_column:
             raise DataError("--text-pair-column needs a table given with --input-file (CSV, TSV, JSON Lines, ...).")
-        return list(texts), None
+        yield list(texts), None
+        return
     if input_file is None:
         raise DataError("No texts to classify. Give TEXT arguments, or --input-file FILE ('-' reads stdin).")
-    if input_file == "-":
-        raw = sys.stdin.buffer.read()
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / ("stdin.jsonl" if raw.lstrip().startswith(b"{") else "stdin.txt")
-            path.write_bytes(raw)
-            return _inputs_from_file(path, "stdin", text_column, pair_column, cfg_data)
-    return _inputs_from_file(Path(input_file), input_file, text_column, pair_column, cfg_data)
+    yield _inputs_from_file(Path(input_file), input_file, text_column, pair_column, cfg_data)
+
+
+def _stdin_batches(text_column: str | None, pair_column: str | None,
+                   size: int) -> Iterator[tuple[list[str], list[str] | None]]:
+    from llmkit import inference
+
+    columns: tuple[str, str | None] | None = None  # JSON Lines: (text, pair) picked from the first record
+    read = 0
+    for lines in inference.line_batches(sys.stdin.buffer.fileno(), "stdin", size):
+        if not lines:
+            continue
+        if read == 0 and lines[0].lstrip().startswith("{"):
+            columns = _json_columns(_json_record(lines[0], 1), text_column, pair_column)
+        elif read == 0 and (text_column or pair_column):
+            raise DataError("--text-column/--text-pair-column need JSON Lines on stdin; it is read as plain text, "
+                            "one text per line.")
+        if columns is None:
+            yield [" ".join(line.split()) for line in lines], None
+        else:
+            records = [_json_record(line, read + i) for i, line in enumerate(lines, 1)]
+            text, pair = columns
+            texts = [_json_text(r, text, read + i) for i, r in enumerate(records, 1)]
+            yield texts, [_json_text(r, pair, read + i) for i, r in enumerate(records, 1)] if pair else None
+        read += len(lines)
+    if read == 0:
+        raise DataError("'stdin' has no text. Give one text per line, or JSON Lines.")
+
+
+def _json_record(line: str, number: int) -> dict[str, Any]:
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise DataError(f"Line {number} of stdin is not JSON ({e.msg}); stdin that starts with '{{' is read as JSON "
+                        f"Lines, one object per line.") from None
+    if not isinstance(record, dict):
+        raise DataError(f"Line {number} of stdin is a JSON {type(record).__name__}, not an object. Give one JSON "
+                        f"object per line.")
+    return record
+
+
+def _json_columns(first: dict[str, Any], text_column: str | None, pair_column: str | None) -> tuple[str, str | None]:
+    strings = [k for k, v in first.items() if isinstance(v, str)]
+    text, pair, _ = pick_text_columns(list(first), text_column, pair_column, "stdin", strings)
+    return text, pair
+
+
+def _json_text(record: dict[str, Any], column: str, number: int) -> str:
+    value = record.get(column)
+    if not isinstance(value, str):
+        found = type(value).__name__ if column in record else "no such field"
+        raise DataError(f"Line {number} of stdin has no text in '{column}' (found {found}). Give every line that "
+                        f"field, or pass --text-column with another one.")
+    return value
 
 
 def _inputs_from_file(path: Path, name: str, text_column: str | None, pair_column: str | None,
                       cfg_data: DataConfig) -> tuple[list[str], list[str] | None]:
-    (file,) = expand_files([str(path)]) if name != "stdin" else [path]
+    (file,) = expand_files([str(path)])
     if suffixes(file)[0] in TEXT_SUFFIXES:
         if text_column or pair_column:
             raise DataError(f"--text-column/--text-pair-column need a table (CSV, TSV, JSON Lines, JSON, parquet); "
