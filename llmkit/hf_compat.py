@@ -23,6 +23,7 @@ PRIVATE_NAMES = (  # every private name of another library used here, each with 
     "datasets.Dataset._fingerprint",
 )
 
+
 @functools.cache
 def training_fields() -> dict[str, str]:
     """TrainingArguments' init fields and their annotations, read from the installed transformers' source with
