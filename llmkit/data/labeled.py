@@ -25,8 +25,8 @@ import numpy as np
 
 from llmkit.console import log
 from llmkit.data.corpus import cache_root
-from llmkit.data.sources import (TABLE_LOADERS, TEXT_SUFFIXES, expand_files, guesses, is_local, is_number, pick_column,
-                                 suffixes)
+from llmkit.data.sources import (TABLE_LOADERS, TEXT_SUFFIXES, expand_files, guesses, is_local, is_number, json_object,
+                                 pick_column, suffixes)
 from llmkit.data.sources import load_table as load_dataset_table
 from llmkit.errors import DataError
 
@@ -431,32 +431,20 @@ def _stdin_batches(text_column: str | None, pair_column: str | None,
         if not lines:
             continue
         if read == 0 and lines[0].lstrip().startswith("{"):
-            columns = _json_columns(_json_record(lines[0], 1), text_column, pair_column)
+            columns = _json_columns(json_object(lines[0], "stdin", 1), text_column, pair_column)
         elif read == 0 and (text_column or pair_column):
             raise DataError("--text-column/--text-pair-column need JSON Lines on stdin; it is read as plain text, "
                             "one text per line.")
         if columns is None:
             yield [" ".join(line.split()) for line in lines], None
         else:
-            records = [_json_record(line, read + i) for i, line in enumerate(lines, 1)]
+            records = [json_object(line, "stdin", read + i) for i, line in enumerate(lines, 1)]
             text, pair = columns
             texts = [_json_text(r, text, read + i) for i, r in enumerate(records, 1)]
             yield texts, [_json_text(r, pair, read + i) for i, r in enumerate(records, 1)] if pair else None
         read += len(lines)
     if read == 0:
         raise DataError("'stdin' has no text. Give one text per line, or JSON Lines.")
-
-
-def _json_record(line: str, number: int) -> dict[str, Any]:
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError as e:
-        raise DataError(f"Line {number} of stdin is not JSON ({e.msg}); stdin that starts with '{{' is read as JSON "
-                        f"Lines, one object per line.") from None
-    if not isinstance(record, dict):
-        raise DataError(f"Line {number} of stdin is a JSON {type(record).__name__}, not an object. Give one JSON "
-                        f"object per line.")
-    return record
 
 
 def _json_columns(first: dict[str, Any], text_column: str | None, pair_column: str | None) -> tuple[str, str | None]:

@@ -284,7 +284,7 @@ def _table_column(path: Path, kind: str, compression: str | None, wanted: str | 
             record = dict(zip(header, row))
             strings = [c for c, v in record.items() if not is_number(v)]
         elif kind == "jsonl":
-            record = next((_json_object(line, path, n) for n, line in enumerate(stream, 1) if line.strip()), {})
+            record = next((json_object(line, path, n) for n, line in enumerate(stream, 1) if line.strip()), {})
             strings = [c for c, v in record.items() if isinstance(v, str)]
         else:
             record, strings = _json_array_head(path, compression)
@@ -311,7 +311,7 @@ def read_json_array(path: Path, compression: str | None) -> list[dict[str, Any]]
     return rows
 
 
-def _json_object(line: str, path: Any, number: int) -> dict[str, Any]:
+def json_object(line: str, path: Any, number: int) -> dict[str, Any]:
     try:
         record = json.loads(line)
     except ValueError as e:
@@ -525,7 +525,7 @@ def _table_values(unit: Unit, errors: str) -> Iterator[Any]:
             for line in region.split("\n"):
                 number += 1
                 if line.strip():
-                    yield _json_object(line, unit.source, number).get(column)
+                    yield json_object(line, unit.source, number).get(column)
     elif unit.kind == "json":
         yield from (row.get(column) for row in read_json_array(Path(unit.source), unit.compression))
     elif unit.kind in ("csv", "tsv"):
