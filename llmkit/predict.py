@@ -5,7 +5,8 @@ gives them (`llmkit.entities`).
 Inputs are read by `data.labeled.input_batches` (arguments, any table format fine-tuning reads, plain-text lines,
 or stdin in batches as it arrives); the model runs through `inference` (loaded once, batched by length;
 transformers' model under `torch.inference_mode` with bf16 autocast where the hardware has it, or ONNX Runtime on
-the run's export, which imports neither torch nor transformers: `--runtime`). This module does not import the `Trainer`.
+the run's export, which imports neither torch nor transformers: `--runtime`). This module does not import the
+`Trainer`.
 """
 
 from __future__ import annotations

@@ -191,8 +191,8 @@ def make_trainer(cfg: RunConfig, args: Any, model: Any, tokenizer: Any, train_wi
             return torch.utils.data.SequentialSampler(dataset) if self.args.world_size <= 1 else sampler
 
     return supervised.shared_trainer(cfg, args, model, tokenizer, train_windows.features, eval_windows.features,
-                                   collator, word_metrics(eval_windows, held_out, names), metric, unit="windows",
-                                   callbacks=callbacks, trainer_class=TaggingTrainer)
+                                     collator, word_metrics(eval_windows, held_out, names), metric, unit="windows",
+                                     callbacks=callbacks, trainer_class=TaggingTrainer)
 
 
 def word_metrics(windows: tagged.Windows, held_out: Tagged, names: list[str]) -> Any:

@@ -425,20 +425,23 @@ def _stdin_batches(text_column: str | None, pair_column: str | None,
                    size: int) -> Iterator[tuple[list[str], list[str] | None]]:
     from llmkit import inference
 
+    json_lines: bool | None = None  # decided by the first line: JSON Lines when it starts with '{'
     columns: tuple[str, str | None] | None = None  # JSON Lines: (text, pair) picked from the first record
     read = 0
     for lines in inference.line_batches(sys.stdin.buffer.fileno(), "stdin", size):
         if not lines:
             continue
-        if read == 0 and lines[0].lstrip().startswith("{"):
-            columns = _json_columns(json_object(lines[0], "stdin", 1), text_column, pair_column)
-        elif read == 0 and (text_column or pair_column):
-            raise DataError("--text-column/--text-pair-column need JSON Lines on stdin; it is read as plain text, "
-                            "one text per line.")
-        if columns is None:
+        if json_lines is None:
+            json_lines = lines[0].lstrip().startswith("{")
+            if not json_lines and (text_column or pair_column):
+                raise DataError("--text-column/--text-pair-column need JSON Lines on stdin; it is read as plain "
+                                "text, one text per line.")
+        if not json_lines:
             yield [" ".join(line.split()) for line in lines], None
         else:
             records = [json_object(line, "stdin", read + i) for i, line in enumerate(lines, 1)]
+            if columns is None:
+                columns = _json_columns(records[0], text_column, pair_column)
             text, pair = columns
             texts = [_json_text(r, text, read + i) for i, r in enumerate(records, 1)]
             yield texts, [_json_text(r, pair, read + i) for i, r in enumerate(records, 1)] if pair else None
