@@ -20,11 +20,12 @@ with `ast`, never imported; nothing is written to the repository):
 Variants (`--variants`; one seed = one run):
 - plain: a plain `Trainer` script written the `run_classification.py` way (dynamic padding with
   `DataCollatorWithPadding`, Trainer defaults: random order, fp32, SDPA attention, torch dropout, no warmup,
-  no weight decay; same model, split, epochs, learning rate 5e-5, batch 32, max length 128);
-- plain-defaults: the same script with all of `run_classification.py`'s defaults, so also its batch of 8
-  (4x the optimizer steps per epoch of a batch of 32): what a user of the plain script gets;
-- plain-matched: the same script with llmkit's optimiser defaults (warmup 10% of steps, weight decay 0.01):
-  against `llmkit`, it isolates the implementation;
+  no weight decay; same model, split, epochs, max length 128, and llmkit's default learning rate and batch,
+  read from llmkit's config);
+- plain-defaults: the same script with all of `run_classification.py`'s defaults, so also its batch of 8: what a
+  user of the plain script gets (the same runs as `plain` while llmkit's default batch is 8 too);
+- plain-matched: the same script with llmkit's optimiser defaults too (warmup and weight decay, read from
+  llmkit's config): against `llmkit`, it isolates the implementation;
 - llmkit: the real CLI as shipped (`llmkit finetune`; evaluation and checkpoints during training off, which at
   the end of training changes nothing: the model scored is the last one);
 - llmkit-window-N: llmkit with length-sorted windows of N batches (finetune.group_window) instead of the
@@ -58,14 +59,17 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # `common`, `finetune`, also in spawned workers
+sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # the tree's llmkit, as `python -m llmkit` here runs it
 import common  # noqa: E402
 import finetune as speed  # noqa: E402 - its data helpers and the MiniLM checkpoint
+from llmkit.config import TRAINING_DEFAULTS  # noqa: E402 - a table, imports neither torch nor transformers
 
 common.offline_and_quiet()
 
 WORK = common.RESULTS / "work-quality"
-SEQ, BATCH, LR = 128, 32, 5e-5
-LLMKIT_OPTIM = {"warmup_steps": 0.1, "weight_decay": 0.01}  # llmkit's finetune defaults (config.TRAINING_DEFAULTS)
+LLMKIT = TRAINING_DEFAULTS["finetune"]  # what `llmkit finetune` trains with unless told otherwise
+SEQ, BATCH, LR = 128, LLMKIT["per_device_train_batch_size"], LLMKIT["learning_rate"]
+LLMKIT_OPTIM = {"warmup_steps": LLMKIT["warmup_steps"], "weight_decay": LLMKIT["weight_decay"]}
 MODULES = ("typing", "ipaddress", "doctest", "multiprocessing", "inspect", "difflib", "threading", "wsgiref",
            "codecs", "statistics", "xmlrpc", "tarfile", "configparser", "pydoc", "shutil", "pdb")
 DATASETS = {  # name: (labels, training examples per label, test examples per label, epochs)
