@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import types
 import typing
 from dataclasses import dataclass, field
@@ -19,7 +20,6 @@ from typing import Any, Literal
 
 import yaml
 
-from llmkit import hf_compat
 from llmkit.errors import ConfigError, did_you_mean
 
 RECIPES_DIR = Path(__file__).parent / "recipes"  # also at the repository root as recipes/
@@ -89,6 +89,7 @@ class ModelConfig:
     attn_implementation: str = "auto"  # auto: eager when training on a CPU (faster there), sdpa elsewhere
     dropout: float | None = None  # every dropout probability of the model; None: the checkpoint's (presets: 0.1)
     cheap_dropout: bool = True  # training on a CPU: dropout masks from 15 random bits per element (llmkit.dropout)
+    keep_freed_memory: bool = True  # training on a CPU: large tensors reuse the heap (devices.keep_freed_memory)
     config_overrides: str | None = None  # from scratch: "key=value,..." applied to the preset's config
 
     def problems(self) -> list[str]:
@@ -436,8 +437,10 @@ def _number(value: Any) -> int | float | None:
 
 def check_training_keys(training: dict[str, Any]) -> None:
     """Every ``training`` key must be a TrainingArguments field that llmkit does not manage itself, and
-    simple-typed values (numbers, booleans, strings) must have the field's type; numbers are coerced in place."""
-    fields = hf_compat.training_fields()
+    simple-typed values (numbers, booleans, strings) must have the field's type; numbers are coerced in place.
+    Keys outside `COMMON_TRAINING_FIELDS` are looked up in TrainingArguments itself, which imports transformers
+    (1-3 s), still before anything is written."""
+    fields = COMMON_TRAINING_FIELDS if set(training) <= set(COMMON_TRAINING_FIELDS) else training_fields()
     for key in list(training):
         if key in RESERVED_TRAINING_KEYS or key == "logging_dir":
             hint = {"output_dir": "--output-dir", "seed": "--set seed=N", "logging_dir": "--output-dir",
@@ -455,6 +458,40 @@ def check_training_keys(training: dict[str, Any]) -> None:
 
 
 SIMPLE_TYPES = {"int": int, "float": float, "bool": bool, "str": str}
+
+# The TrainingArguments fields that llmkit's defaults, flags and recipes set, with their types as
+# `training_fields()` gives them (tests/test_config.py compares the two): the usual settings are checked
+# without importing transformers, so a bad value fails in a fraction of a second.
+COMMON_TRAINING_FIELDS = {
+    "per_device_train_batch_size": "int", "per_device_eval_batch_size": "int", "gradient_accumulation_steps": "int",
+    "learning_rate": "float", "weight_decay": "float", "warmup_steps": "float", "max_grad_norm": "float",
+    "adam_beta1": "float", "adam_beta2": "float", "adam_epsilon": "float",
+    "lr_scheduler_type": "SchedulerType | str", "lr_scheduler_kwargs": "dict | str | None",
+    "num_train_epochs": "float", "max_steps": "int", "logging_steps": "float",
+    "eval_strategy": "IntervalStrategy | str", "eval_steps": "float | None", "save_strategy": "SaveStrategy | str",
+    "save_steps": "float", "save_total_limit": "int | None", "load_best_model_at_end": "bool",
+    "metric_for_best_model": "str | None", "greater_is_better": "bool | None", "train_sampling_strategy": "str",
+    "dataloader_num_workers": "int", "data_seed": "int | None", "report_to": "None | str | list[str]",
+}
+
+
+@functools.cache
+def training_fields() -> dict[str, str]:
+    """TrainingArguments' init fields and their types, written as in its source ("int | None", "dict | str")."""
+    from transformers import TrainingArguments
+
+    return {f.name: type_name(f.type) for f in dataclasses.fields(TrainingArguments) if f.init}
+
+
+def type_name(tp: Any) -> str:
+    """`int | None` for int | None (or Optional[int]), a class's name for a class, the written form otherwise."""
+    if isinstance(tp, str):
+        return tp
+    if tp is type(None):
+        return "None"
+    if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
+        return " | ".join(type_name(arg) for arg in typing.get_args(tp))
+    return tp.__name__ if isinstance(tp, type) and not typing.get_args(tp) else str(tp).replace("typing.", "")
 
 
 def dump(run: RunConfig) -> str:

@@ -8,10 +8,8 @@ No other module of llmkit names a private attribute of those libraries; `PRIVATE
 from __future__ import annotations
 
 import contextlib
-import functools
 import inspect
 import os
-from pathlib import Path
 from typing import Any
 
 PRIVATE_NAMES = (  # every private name of another library used here, each with a canary in tests/test_hf_compat.py
@@ -22,30 +20,6 @@ PRIVATE_NAMES = (  # every private name of another library used here, each with 
     "transformers.PreTrainedModel._supports_flash_attn", "transformers.PreTrainedModel._supports_flex_attn",
     "datasets.Dataset._fingerprint",
 )
-
-
-@functools.cache
-def training_fields() -> dict[str, str]:
-    """TrainingArguments' init fields and their annotations, read from the installed transformers' source with
-    `ast` (the one place llmkit reads a library's source): `dataclasses.fields(TrainingArguments)` would import
-    transformers and torch (~3 s) before a misspelt `--set training.*` could fail, and bad input fails in a
-    fraction of a second without them (tests/test_cli.py). The canary compares the two on every test run."""
-    import ast
-    import importlib.util
-
-    spec = importlib.util.find_spec("transformers")
-    source = Path(spec.submodule_search_locations[0]) / "training_args.py"
-    tree = ast.parse(source.read_text(encoding="utf-8"))
-    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "TrainingArguments")
-    fields = {}
-    for node in cls.body:
-        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
-            call = node.value if isinstance(node.value, ast.Call) else None
-            init = next((k.value.value for k in (call.keywords if call else []) if k.arg == "init"
-                         and isinstance(k.value, ast.Constant)), True)
-            if init:
-                fields[node.target.id] = ast.unparse(node.annotation)
-    return fields
 
 
 # accelerate reads the mixed precision of `accelerate launch` (and of an Accelerate config) from this variable.

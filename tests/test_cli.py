@@ -25,7 +25,6 @@ def test_help_does_not_import_torch_or_transformers():
 
 @pytest.mark.parametrize("argv, phrase", [
     (["pretrain", "--data", "missing.txt"], "does not exist"),
-    (["pretrain", "--set", "training.learnig_rate=1e-4"], "Did you mean 'learning_rate'"),
     (["pretrain", "--max-steps", "-5"], "must be positive, or -1"),
     (["finetune", "--data", "missing.csv", "--model", "m"], "does not exist"),
     (["prepare", "--data", "missing.txt", "-o", "out"], "does not exist"),
@@ -39,6 +38,15 @@ def test_bad_input_fails_fast_without_importing_torch(tmp_path, argv, phrase):
     result = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, cwd=tmp_path)
     assert "EXIT 2 HEAVY []" in result.stderr, result.stderr
     assert phrase in result.stderr.splitlines()[0]
+
+
+def test_a_misspelt_training_setting_fails_before_anything_is_written(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "llmkit", "pretrain", "-o", "run", "--set",
+                             "training.learnig_rate=1e-4"], capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.splitlines()[0] == ("llmkit: error: Unknown setting 'training.learnig_rate': not a TrainingArguments "
+                                             "field. Did you mean 'learning_rate'?")
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("command", ["prepare", "pretrain", "finetune", "fill-mask", "predict"])

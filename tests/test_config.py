@@ -131,6 +131,35 @@ def test_recipe_cannot_choose_a_cache_outside_the_run(tmp_path):
     assert cfg.data.cache_dir == str(tmp_path / "mine")
 
 
+def test_training_fields_are_the_dataclass_init_fields_with_their_types():
+    import dataclasses
+    from typing import Optional, Union
+
+    from transformers import TrainingArguments
+
+    fields = config.training_fields()
+    assert set(fields) == {f.name for f in dataclasses.fields(TrainingArguments) if f.init}
+    assert "_n_gpu" not in fields  # init=False
+    assert (fields["learning_rate"], fields["max_steps"], fields["bf16"]) == ("float", "int", "bool")
+    assert fields["lr_scheduler_kwargs"] == "dict | str | None"
+    assert {k: fields[k] for k in config.COMMON_TRAINING_FIELDS} == config.COMMON_TRAINING_FIELDS
+    assert config.type_name(Optional[int]) == config.type_name(int | None) == "int | None"
+    assert config.type_name(Union[dict[str, int], str]) == "dict[str, int] | str"
+
+
+def test_typed_training_values_are_coerced_and_checked():
+    training = {"learning_rate": "1e-4", "max_steps": 10.0, "warmup_steps": 0.1, "torch_compile": None}
+    with pytest.raises(ConfigError, match=r"'training\.torch_compile' must be true or false, got None"):
+        config.check_training_keys(training)
+    with pytest.raises(ConfigError, match=r"'training\.bf16' is set by llmkit; use --set precision=bf16"):
+        config.check_training_keys({"bf16": True, **training})
+    training["torch_compile"] = False
+    config.check_training_keys(training)
+    assert training == {"learning_rate": 1e-4, "max_steps": 10, "warmup_steps": 0.1, "torch_compile": False}
+    with pytest.raises(ConfigError, match=r"'training\.max_steps' must be an integer, got 2\.5"):
+        config.check_training_keys({"max_steps": 2.5})
+
+
 def test_yaml_no_means_the_string_no_for_strategy_fields():
     training = {"eval_strategy": False, "save_strategy": "steps"}
     config.check_training_keys(training)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import inspect
 from pathlib import Path
 
-from llmkit import config, hf_compat
+from llmkit import hf_compat
 
 
 def test_trainer_internals_llmkit_uses_exist(tmp_path):
@@ -40,20 +40,6 @@ def test_accelerate_reads_mixed_precision_from_the_environment(monkeypatch):
     import os
 
     assert os.environ[hf_compat.MIXED_PRECISION_ENV] == "bf16"
-
-
-def test_training_fields_read_from_source_equal_the_dataclass():
-    import dataclasses
-    import typing
-
-    from transformers import TrainingArguments
-
-    real = {f.name for f in dataclasses.fields(TrainingArguments) if f.init}
-    assert set(hf_compat.training_fields()) == real
-    hints = typing.get_type_hints(TrainingArguments)
-    for name in ("learning_rate", "max_steps", "bf16", "eval_strategy", "warmup_steps"):
-        simple = config.SIMPLE_TYPES.get(hf_compat.training_fields()[name].replace(" | None", "").split(" | ")[0])
-        assert simple is None or simple in (typing.get_args(hints[name]) or (hints[name],)), name
 
 
 FSDP_CHECK = r"""
