@@ -56,6 +56,8 @@ VARIANTS: dict[str, tuple[str, Any, str]] = {
     "llmkit-fullhead": ("llmkit", ["mlm.sparse_head=false"], "without the masked-positions head"),
     "llmkit-sdpa": ("llmkit", ["model.attn_implementation=sdpa"], "SDPA attention instead of eager (auto on a CPU)"),
     "llmkit-torchdropout": ("llmkit", ["model.cheap_dropout=false"], "torch's dropout masks instead of llmkit.dropout's"),
+    "llmkit-mmap": ("llmkit", ["model.keep_freed_memory=false"], "glibc's own mmap for each large tensor, unmapped "
+                                                                  "when freed"),
     "llmkit-plainloss": ("llmkit", ["mlm.chunked_loss=false"], "F.cross_entropy on fp32 logits instead of the chunked loss"),
     "llmkit-compile": ("llmkit", ["training.torch_compile=true"], "plus torch.compile (compile time excluded)"),
     "llmkit-seed2": ("llmkit", [f"seed={SEED + 1}"], "another seed (initial weights, data order, masks)"),

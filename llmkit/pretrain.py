@@ -25,7 +25,7 @@ print(fill("The function returns a {mask} of the values."))
 RESUMABLE_CHANGES = {"training.logging_steps", "training.eval_steps", "training.save_steps",
                      "training.save_total_limit", "training.dataloader_num_workers", "data.num_proc",
                      "data.cache_dir", "training.per_device_eval_batch_size", "data.max_eval_samples",
-                     "data.streaming"}
+                     "data.streaming", "model.keep_freed_memory"}
 
 
 @outputs.holds_output_dir  # one run at a time in an output directory

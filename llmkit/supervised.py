@@ -15,7 +15,8 @@ from llmkit.errors import ConfigError
 
 # Settings that may differ when a run is resumed: they change neither the data nor the optimisation.
 RESUMABLE_CHANGES = {"training.logging_steps", "training.save_total_limit", "training.dataloader_num_workers",
-                     "training.per_device_eval_batch_size", "data.num_proc", "data.cache_dir"}
+                     "training.per_device_eval_batch_size", "data.num_proc", "data.cache_dir",
+                     "model.keep_freed_memory"}
 
 
 # ---------------------------------------------------------------- settings

@@ -17,7 +17,7 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from llmkit import hf_compat
 from llmkit.console import log
-from llmkit.devices import has_accelerator
+from llmkit.devices import has_accelerator, keep_freed_memory
 from llmkit.dropout import CheapDropout
 from llmkit.errors import ConfigError, RunError
 from llmkit.modeling import MaskedPositionsHead, fsdp_units
@@ -65,6 +65,8 @@ def training_arguments(cfg: Any, output_dir: Path, precision: str, **overrides: 
         log(f"{args.n_gpu} GPUs are visible to this single process: training on {args.device}. To use them all, "
             f"add --num-processes {args.n_gpu} (or run under accelerate launch / torchrun)")
         hf_compat.use_one_gpu(args)
+    if args.device.type == "cpu" and cfg.model.keep_freed_memory:
+        keep_freed_memory()
     return args
 
 

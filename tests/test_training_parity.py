@@ -11,6 +11,9 @@ change that alters what the model learns fails here, long before a benchmark wou
 from __future__ import annotations
 
 import copy
+import platform
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -166,3 +169,17 @@ def test_shuffled_length_grouped_batches_cover_each_epoch_in_random_batch_order(
     assert list(LengthGroupedBatches(lengths, batch=32, seed=7, window=8, shuffle_batches=True)) == first
     sampler.set_epoch(1)
     assert list(sampler) != first and sorted(sampler) == sorted(first)
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the heap setting is glibc's (mallopt)")
+@pytest.mark.parametrize("keep", [True, False])
+def test_a_large_freed_tensor_stays_in_the_heap_for_the_next_step(keep):
+    """Kept: the memory of a freed 64 MB tensor stays with the process (no unmap, no page faults next time);
+    glibc's default unmaps it at once."""
+    code = ("import sys, torch\nfrom llmkit import devices\n"
+            f"assert devices.keep_freed_memory() if {keep} else True\n"
+            "def rss():\n    return int(open('/proc/self/statm').read().split()[1]) * 4096 >> 20\n"
+            "x = torch.ones(16 << 20)\nheld = rss()\ndel x\nprint(held - rss())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    released_mb = int(out.split()[-1])
+    assert (released_mb < 8) if keep else (released_mb > 56), released_mb
