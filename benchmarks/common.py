@@ -25,6 +25,24 @@ OFFLINE_AND_QUIET = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFO
                      "HF_HUB_DISABLE_PROGRESS_BARS": "1", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1"}
 
 
+class Printed:
+    """Standard output, passed through and kept: `write_results` stores what the benchmark printed (its tables),
+    which is what benchmarks/readme_figures.py checks the README's figures against."""
+
+    def __init__(self, stream: Any):
+        self.stream, self.parts = stream, []
+
+    def write(self, text: str) -> int:
+        self.parts.append(text)
+        return self.stream.write(text)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.stream, name)
+
+
+PRINTED = sys.stdout = Printed(sys.stdout)
+
+
 def offline_and_quiet(**more: str) -> None:
     """Every benchmark runs offline (models and data are on this machine) without the libraries' progress bars;
     `more` environment defaults on top. A variable the caller set already is kept."""
@@ -119,11 +137,23 @@ def _read(path: str) -> str:
 
 
 def write_results(name: str, payload: dict[str, Any]) -> Path:
-    """benchmarks/results/NAME-YYYYmmdd-HHMMSS.json (the folder is gitignored)."""
+    """benchmarks/results/NAME-YYYYmmdd-HHMMSS.json (the folder is gitignored), with the command's arguments and
+    everything it printed."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    payload = {"argv": sys.argv[1:], "commit": commit(), **payload, "printed": "".join(PRINTED.parts)}
     path.write_text(json.dumps(payload, indent=2, default=str) + "\n", encoding="utf-8")
     return path
+
+
+def commit() -> str:
+    """The checkout's commit ("+" when it has uncommitted changes), or "" outside git."""
+    import subprocess
+
+    here = Path(__file__).resolve().parent
+    run = lambda *args: subprocess.run(["git", *args], cwd=here, capture_output=True, text=True).stdout.strip()  # noqa: E731
+    head = run("rev-parse", "--short", "HEAD")
+    return head + ("+" if head and run("status", "--porcelain", "--untracked-files=no") else "")
 
 
 def log(message: str) -> None:
