@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The README's benchmark table: every row's command, one after another, on one machine in one state.
 #
-#   bash benchmarks/table.sh [WORK_DIR]      # ~25 min on 2 cores; nothing else should run meanwhile
+#   bash benchmarks/table.sh [WORK_DIR]      # ~50 min on 2 cores; nothing else should run meanwhile
+#   python benchmarks/readme_figures.py       # then: is every README figure one this run printed?
 #
 # Each benchmark prints its table and writes JSON to benchmarks/results/. This script adds the machine's load
 # average before each step (the figures are comparable only when it stays below the core count), and the wall
@@ -26,9 +27,13 @@ step "pretrain";   python "$here/pretrain.py" --steps 60 --warmup 5 --variants l
                      --eval-blocks 128
 step "fill-mask";  python "$here/fill_mask.py" --model "$work/cpu-quick"
 step "predict";    python "$here/predict.py"
-step "serve";      python "$here/serve.py" --model "$work/cpu-quick" --clients 1,8,32 --seconds 15
+step "serve";      python "$here/serve.py" --model "$work/cpu-quick" --clients 1,8,32 --seconds 10 --rounds 2
 step "finetune";   python "$here/finetune.py" --repeats 1
 step "profile";    python "$here/profile_step.py"
+step "ner";        python "$here/ner.py" --train 300 --test 100 --epochs 4 --seeds 3
+step "ner, natural lengths"
+python "$here/ner.py" --train 1000 --test 200 --epochs 3 --words 1-60 --max-length 128 --seeds 3
+step "onnx parity"; python "$here/onnx_parity.py"
 step "a bad path"
 /usr/bin/time -f "fails in %e s" llmkit pretrain --data "$work/missing.txt" || true
 step "done"
