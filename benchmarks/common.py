@@ -139,10 +139,18 @@ def _read(path: str) -> str:
 def write_results(name: str, payload: dict[str, Any]) -> Path:
     """benchmarks/results/NAME-YYYYmmdd-HHMMSS.json (the folder is gitignored), with the command's arguments and
     everything it printed."""
+    import atexit
+
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    payload = {"argv": sys.argv[1:], "commit": commit(), **payload, "printed": "".join(PRINTED.parts)}
-    path.write_text(json.dumps(payload, indent=2, default=str) + "\n", encoding="utf-8")
+    payload = {"script": Path(sys.argv[0]).stem, "argv": sys.argv[1:], "commit": commit(), **payload}
+
+    def write() -> None:  # again at exit: the tables a benchmark prints after saving its results belong in them
+        payload["printed"] = "".join(PRINTED.parts)
+        path.write_text(json.dumps(payload, indent=2, default=str) + "\n", encoding="utf-8")
+
+    write()
+    atexit.register(write)
     return path
 
 

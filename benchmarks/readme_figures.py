@@ -4,7 +4,7 @@
     python benchmarks/readme_figures.py --readme OTHER.md --results DIR
 
 Each README table row that names a benchmark command (a row whose command is "(same run)" shares the row above's)
-is checked against the newest benchmarks/results/NAME-*.json written by that exact command (its recorded
+is checked against the newest benchmarks/results/*.json written by that exact command (its recorded
 arguments, less the paths table.sh passes): every figure in the row's result cells (a number with a decimal point or a thousands separator, or
 followed by x, %, s, ms or MB/GB) must appear in what that run printed, at the README's precision (GB may be
 printed as MB). Prints one line per row and exits 1 if a figure is not found or a command has no result here.
@@ -78,11 +78,15 @@ def without_paths(argv: list[str]) -> list[str]:
 
 def newest(results: Path, name: str, args: str) -> dict | None:
     wanted = shlex.split(args)
-    for path in sorted(results.glob(f"{name}-*.json"), reverse=True):
+    runs = []
+    for path in results.glob("*.json"):
         payload = json.loads(path.read_text(encoding="utf-8"))
-        if without_paths(payload.get("argv", [])) == wanted and "printed" in payload:
-            return {**payload, "path": path}
-    return None
+        if payload.get("script") == name and without_paths(payload.get("argv", [])) == wanted and "printed" in payload:
+            runs.append((path.stem.rsplit("-", 2)[-2:], path, payload))
+    if not runs:
+        return None
+    _, path, payload = max(runs, key=lambda run: run[0])
+    return {**payload, "path": path}
 
 
 def check(readme: str, results: Path) -> list[str]:

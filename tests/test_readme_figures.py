@@ -34,12 +34,15 @@ def test_rows_with_a_benchmark_command_and_their_figures():
 def test_every_figure_must_be_printed_by_the_newest_run_of_that_command(tmp_path):
     results = tmp_path / "results"
     assert readme_figures.check(README, results)[0].startswith("NO RESULT  python benchmarks/ner.py --seeds 3")
-    write(results, "ner-20261201-000000.json", {"argv": ["--seeds", "3"], "printed": PRINTED})
-    write(results, "ner-20261202-000000.json", {"argv": ["--seeds", "1"], "printed": ""})  # another command
+    write(results, "ner-20261201-000000.json", {"script": "ner", "argv": ["--seeds", "3"],
+                                                "printed": PRINTED})
+    write(results, "ner-20261202-000000.json", {"script": "ner", "argv": ["--seeds", "1"],
+                                                "printed": ""})  # another command
     lines = readme_figures.check(README, results)
     assert lines == ["ok         python benchmarks/ner.py --seeds 3: 5 figures in ner-20261201-000000.json (commit ?)",
                      "ok         python benchmarks/ner.py --seeds 3: 2 figures in ner-20261201-000000.json (commit ?)"]
-    write(results, "ner-20261203-000000.json", {"argv": ["--seeds", "3", "--model", "/tmp/x"], "commit": "abc1234",
+    write(results, "ner-20261203-000000.json", {"script": "ner", "argv": ["--seeds", "3", "--model", "/tmp/x"],
+                                                "commit": "abc1234",
                                                 "printed": PRINTED.replace("55.8", "55.9")})
     lines = readme_figures.check(README, results)
     assert lines[0] == ("MISSING    python benchmarks/ner.py --seeds 3: 55.8 not printed by ner-20261203-000000.json "
