@@ -34,6 +34,7 @@ step "ner";        python "$here/ner.py" --train 300 --test 100 --epochs 4 --see
 step "ner, natural lengths"
 python "$here/ner.py" --train 1000 --test 200 --epochs 3 --words 1-60 --max-length 128 --seeds 3
 step "onnx parity"; python "$here/onnx_parity.py"
+step "data at scale"; python "$here/data_scale.py" --sizes 10,100 --hf-sizes 10,100
 step "a bad path"
 /usr/bin/time -f "fails in %e s" llmkit pretrain --data "$work/missing.txt" || true
 step "done"
