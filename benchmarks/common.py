@@ -158,10 +158,12 @@ def commit() -> str:
     """The checkout's commit ("+" when it has uncommitted changes), or "" outside git."""
     import subprocess
 
-    here = Path(__file__).resolve().parent
-    run = lambda *args: subprocess.run(["git", *args], cwd=here, capture_output=True, text=True).stdout.strip()  # noqa: E731
-    head = run("rev-parse", "--short", "HEAD")
-    return head + ("+" if head and run("status", "--porcelain", "--untracked-files=no") else "")
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=Path(__file__).resolve().parent, capture_output=True,
+                              text=True).stdout.strip()
+
+    head = git("rev-parse", "--short", "HEAD")
+    return head + ("+" if head and git("status", "--porcelain", "--untracked-files=no") else "")
 
 
 def log(message: str) -> None:

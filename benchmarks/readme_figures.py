@@ -5,9 +5,10 @@
 
 Each README table row that names a benchmark command (a row whose command is "(same run)" shares the row above's)
 is checked against the newest benchmarks/results/*.json written by that exact command (its recorded
-arguments, less the paths table.sh passes): every figure in the row's result cells (a number with a decimal point or a thousands separator, or
-followed by x, %, s, ms or MB/GB) must appear in what that run printed, at the README's precision (GB may be
-printed as MB). Prints one line per row and exits 1 if a figure is not found or a command has no result here.
+arguments, less the paths table.sh passes): every figure in the row's result cells (a number with a decimal point
+or a thousands separator, or followed by x, %, s, ms or MB/GB) must appear in what that run printed, at the
+README's precision (GB may be printed as MB). Prints one line per row and exits 1 if a figure is not found or a
+command has no result here.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 COMMAND = re.compile(r"`python benchmarks/(\w+)\.py([^`]*)`")
 UNIT = r"(?:x\b|%|\s?(?:s|ms|MB|GB)\b)"
-FIGURE = re.compile(rf"(?<![\w.,])(\d{{1,3}}(?:,\d{{3}})+(?:\.\d+)?|\d+\.\d+|\d+(?={UNIT}))(?=$|[^\w.]|\.(?:\s|$)|{UNIT})")
+FIGURE = re.compile(rf"(?<![\w.,])(\d{{1,3}}(?:,\d{{3}})+(?:\.\d+)?|\d+\.\d+|\d+(?={UNIT}))"
+                    rf"(?=$|[^\w.]|\.(?:\s|$)|{UNIT})")
 NUMBER = re.compile(r"(?<![\w.])\d[\d,]*(?:\.\d+)?")
 
 
@@ -76,25 +78,28 @@ def without_paths(argv: list[str]) -> list[str]:
     return out
 
 
-def newest(results: Path, name: str, args: str) -> dict | None:
-    wanted = shlex.split(args)
+def result_files(results: Path) -> list[dict]:
+    """Every result file that records its script, oldest first (by the time in its name), with its path."""
     runs = []
     for path in results.glob("*.json"):
         payload = json.loads(path.read_text(encoding="utf-8"))
-        if payload.get("script") == name and without_paths(payload.get("argv", [])) == wanted and "printed" in payload:
-            runs.append((path.stem.rsplit("-", 2)[-2:], path, payload))
-    if not runs:
-        return None
-    _, path, payload = max(runs, key=lambda run: run[0])
-    return {**payload, "path": path}
+        if "script" in payload and "printed" in payload:
+            runs.append({**payload, "path": path})
+    return sorted(runs, key=lambda run: run["path"].stem.rsplit("-", 2)[-2:])
+
+
+def newest(runs: list[dict], name: str, args: str) -> dict | None:
+    wanted = shlex.split(args)
+    return next((run for run in reversed(runs)
+                 if run["script"] == name and without_paths(run.get("argv", [])) == wanted), None)
 
 
 def check(readme: str, results: Path) -> list[str]:
     """One line per row; lines of failing rows start with 'MISSING' or 'NO RESULT'."""
-    lines = []
+    lines, runs = [], result_files(results)
     for name, args, cells in rows(readme):
         command = f"python benchmarks/{name}.py {args}".strip()
-        result = newest(results, name, args)
+        result = newest(runs, name, args)
         if result is None:
             lines.append(f"NO RESULT  {command}: run it, or fix the command in the README")
             continue
