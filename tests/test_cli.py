@@ -44,8 +44,8 @@ def test_a_misspelt_training_setting_fails_before_anything_is_written(tmp_path):
     result = subprocess.run([sys.executable, "-m", "llmkit", "pretrain", "-o", "run", "--set",
                              "training.learnig_rate=1e-4"], capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert result.stderr.splitlines()[0] == ("llmkit: error: Unknown setting 'training.learnig_rate': not a TrainingArguments "
-                                             "field. Did you mean 'learning_rate'?")
+    assert result.stderr.splitlines()[0] == ("llmkit: error: Unknown setting 'training.learnig_rate': not a "
+                                             "TrainingArguments field. Did you mean 'learning_rate'?")
     assert list(tmp_path.iterdir()) == []
 
 

@@ -176,8 +176,8 @@ def test_shuffled_length_grouped_batches_cover_each_epoch_in_random_batch_order(
 def test_a_large_freed_tensor_stays_in_the_heap_for_the_next_step(keep):
     """Kept: the memory of a freed 64 MB tensor stays with the process (no unmap, no page faults next time);
     glibc's default unmaps it at once."""
-    code = ("import sys, torch\nfrom llmkit import devices\n"
-            f"assert devices.keep_freed_memory() if {keep} else True\n"
+    code = ("import torch\nfrom llmkit import devices\n"
+            f"if {keep}:\n    assert devices.keep_freed_memory()\n"
             "def rss():\n    return int(open('/proc/self/statm').read().split()[1]) * 4096 >> 20\n"
             "x = torch.ones(16 << 20)\nheld = rss()\ndel x\nprint(held - rss())")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
